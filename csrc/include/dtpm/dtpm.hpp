@@ -1,0 +1,70 @@
+// Public C++ API of the dtpm_fast native core.
+//
+// Plain pointers and shapes only: no pybind11, no CUDA headers. Every array is
+// row-major (C-contiguous) and lives in host memory unless stated otherwise.
+// Functions throw std::invalid_argument for bad shapes or values.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace dtpm {
+
+/// The discrete diffusion-time grid of the posterior, as two precomputed tables.
+struct Schedule {
+  const double* log_sigma2 = nullptr;  ///< [T] log(sigma2_t), strictly increasing in t.
+  const double* inv_sigma2 = nullptr;  ///< [T] 1 / sigma2_t.
+  int64_t T = 0;                       ///< Number of diffusion steps.
+};
+
+/// Inverse-Gamma posterior over the diffusion time, from K squared neighbour distances per row.
+///
+/// For row i with D2 = mean_k sqdist[i, k], the posterior over t = 0..T-1 is
+///   p(t) ~ exp(-(a + 1) log sigma2_t - b / sigma2_t),  a = d/2 - 1,  b = D2 / 2
+/// (ALGORITHM.md section 3). D2 == 0 puts all mass at t = 0; D2 == +inf at t = T-1.
+///
+/// @param[in]  sqdist     [n, k] squared distances to the K nearest neighbours (host).
+///                        Small negative values (norm-expansion rounding) count as 0.
+/// @param[in]  n          Number of rows (>= 0).
+/// @param[in]  k          Neighbours per row (>= 1).
+/// @param[in]  n_features Data dimension d (> 2, so that the shape a is positive).
+/// @param[in]  schedule   The grid (host).
+/// @param[out] mode       [n] grid argmax of p(t), or nullptr to skip (host).
+/// @param[out] mean       [n] posterior mean of t, or nullptr to skip (host).
+/// @param[out] posterior  [n, T] normalised posterior, or nullptr to skip (host).
+/// @throws std::invalid_argument on bad sizes or a NaN distance.
+template <typename Real>
+void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_features,
+                      const Schedule& schedule, int32_t* mode, double* mean, double* posterior);
+
+/// Exact squared Euclidean distances from each query to given training rows.
+///
+/// @param[in]  queries  [n, d] query rows (host).
+/// @param[in]  n        Number of queries.
+/// @param[in]  train    [n_train, d] training rows (host).
+/// @param[in]  n_train  Number of training rows.
+/// @param[in]  d        Number of features.
+/// @param[in]  ids      [n, k] row indices into train, each in [0, n_train) (host).
+/// @param[in]  k        Ids per query.
+/// @param[out] sqdist   [n, k] squared distances, computed as explicit differences (host).
+/// @param[out] per_feature_contribution  [n, d] mean over the k ids of (x_j - nbr_j)^2,
+///                      or nullptr to skip (host).
+/// @throws std::invalid_argument if an id is out of range.
+template <typename Real>
+void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t n_train,
+                      int64_t d, const int64_t* ids, int64_t k, Real* sqdist,
+                      Real* per_feature_contribution);
+
+/// What this build of the core contains.
+struct BuildInfo {
+  std::string version;
+  std::string compiler;
+  bool openmp = false;
+  std::string simd;  ///< Instruction sets the posterior kernel can dispatch to.
+};
+BuildInfo build_info();
+
+/// Threads the OpenMP kernels use (1 without OpenMP).
+int max_threads();
+
+}  // namespace dtpm
