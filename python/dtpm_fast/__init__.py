@@ -1,4 +1,44 @@
-"""dtpm_fast: anomaly detection by diffusion-time estimation."""
-from dtpm_fast import _core
+"""dtpm_fast: anomaly detection by diffusion-time estimation (DTPM / DTE, arXiv 2305.18593).
 
-__version__ = _core.__version__
+Higher scores mean more anomalous. See ``DTPMNonParametric`` (no training, K nearest neighbours)
+and the PyTorch models ``DTPMCategorical`` / ``DTPMInverseGamma`` (need ``torch``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from dtpm_fast import _core
+from dtpm_fast._validation import NotFittedError
+from dtpm_fast.nonparametric import DTPMNonParametric
+
+__version__: str = _core.__version__
+
+# Models that need torch are imported on first use, so `import dtpm_fast` never imports torch.
+_LAZY = {
+    "DTPMCategorical": "dtpm_fast.parametric",
+    "DTPMInverseGamma": "dtpm_fast.parametric",
+    "DDPMReconstruction": "dtpm_fast.ddpm",
+    "load": "dtpm_fast.persistence",
+}
+
+__all__ = ["DTPMNonParametric", "NotFittedError", "build_info", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dtpm_fast' has no attribute {name!r}")
+
+
+def build_info() -> dict:
+    """What this build contains: version, compiler, openmp, simd, cuda (bool), threads."""
+    info = dict(_core.build_info())
+    try:
+        from dtpm_fast import _cuda  # noqa: F401
+
+        info["cuda"] = True
+    except ImportError:
+        info["cuda"] = False
+    info["threads"] = _core.max_threads()
+    return info

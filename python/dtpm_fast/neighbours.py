@@ -1,0 +1,176 @@
+"""Candidate neighbour search over standardised float32 training rows.
+
+Every index answers ``search(Q, k) -> ids``; the detector then recomputes exact squared
+distances for those ids with the native kernel, so approximate indexes only choose
+candidates and never bias the distances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dtpm_fast._validation import check_int
+
+INDEX_KINDS = ("auto", "flat", "kdtree", "hnsw", "ivf")
+
+# "auto": exact search always; a KD-tree wins at low dimension, FAISS's BLAS-based flat
+# search above it (bench/README.md, "Choosing the index", has the measurements).
+AUTO_KDTREE_MAX_DIM = 12
+
+_DEFAULTS = {
+    "flat": {},
+    "kdtree": {"leafsize": 16},
+    "hnsw": {"M": 32, "ef_construction": 40, "ef_search": 16, "candidates": 2},
+    "ivf": {"nlist": None, "nprobe": 8, "candidates": 2},
+}
+
+
+def resolve_kind(kind: str, n_train: int, n_features: int) -> str:
+    """The concrete index kind for ``kind`` ("auto" picks an exact index by dimension)."""
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index must be one of {INDEX_KINDS}, got {kind!r}")
+    if kind != "auto":
+        return kind
+    return "kdtree" if n_features <= AUTO_KDTREE_MAX_DIM else "flat"
+
+
+def resolve_params(kind: str, params: dict | None) -> dict:
+    """Defaults of ``kind`` updated with the user's ``index_params``; unknown keys are errors."""
+    merged = dict(_DEFAULTS[kind])
+    for key, value in (params or {}).items():
+        if key not in merged:
+            raise ValueError(
+                f"index_params: {key!r} is not a parameter of the {kind!r} index; "
+                f"valid: {sorted(merged) or 'none'}"
+            )
+        merged[key] = value
+    for key in ("M", "ef_construction", "ef_search", "nprobe", "candidates", "leafsize"):
+        if key in merged:
+            check_int(merged[key], f"index_params[{key!r}]", 1)
+    if merged.get("nlist") is not None:
+        check_int(merged["nlist"], "index_params['nlist']", 1)
+    return merged
+
+
+class FlatIndex:
+    """Exact search: FAISS ``IndexFlatL2`` (BLAS for large batches)."""
+
+    exact = True
+
+    def __init__(self, X: np.ndarray, params: dict):
+        import faiss
+
+        self._index = faiss.IndexFlatL2(X.shape[1])
+        self._index.add(X)
+
+    def search(self, Q: np.ndarray, k: int) -> np.ndarray:
+        _, ids = self._index.search(Q, k)
+        return ids
+
+    def to_bytes(self) -> bytes | None:
+        return None  # rebuilt from the training rows, which are saved anyway
+
+
+class KDTreeIndex:
+    """Exact search: SciPy's ``cKDTree`` (fastest at low dimension)."""
+
+    exact = True
+
+    def __init__(self, X: np.ndarray, params: dict):
+        from scipy.spatial import cKDTree
+
+        self._tree = cKDTree(X, leafsize=params["leafsize"], balanced_tree=False, compact_nodes=False)
+
+    def search(self, Q: np.ndarray, k: int) -> np.ndarray:
+        _, ids = self._tree.query(Q, k=[*range(1, k + 1)], workers=-1)
+        return ids.astype(np.int64, copy=False)
+
+    def to_bytes(self) -> bytes | None:
+        return None
+
+
+class HNSWIndex:
+    """Approximate search: FAISS ``IndexHNSWFlat``; ``candidates * k`` ids are re-ranked exactly."""
+
+    exact = False
+
+    def __init__(self, X: np.ndarray, params: dict, serialized: bytes | None = None):
+        import faiss
+
+        self._params = params
+        if serialized is not None:
+            self._index = _faiss_from_bytes(serialized)
+            return
+        self._index = faiss.IndexHNSWFlat(X.shape[1], params["M"])
+        self._index.hnsw.efConstruction = params["ef_construction"]
+        self._index.add(X)
+
+    def search(self, Q: np.ndarray, k: int) -> np.ndarray:
+        import faiss
+
+        n_candidates = min(k * self._params["candidates"], self._index.ntotal)
+        search_params = faiss.SearchParametersHNSW(efSearch=max(self._params["ef_search"], n_candidates))
+        _, ids = self._index.search(Q, n_candidates, params=search_params)
+        return ids
+
+    def to_bytes(self) -> bytes | None:
+        return _faiss_to_bytes(self._index)
+
+
+class IVFIndex:
+    """Approximate search: FAISS ``IndexIVFFlat``; ``candidates * k`` ids are re-ranked exactly."""
+
+    exact = False
+
+    def __init__(self, X: np.ndarray, params: dict, serialized: bytes | None = None):
+        import faiss
+
+        self._params = params
+        if serialized is not None:
+            self._index = _faiss_from_bytes(serialized)
+            return
+        n, d = X.shape
+        # ~4 sqrt(n) lists, with at least 39 training points per centroid as FAISS asks.
+        nlist = params["nlist"] or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        quantizer = faiss.IndexFlatL2(d)
+        self._index = faiss.IndexIVFFlat(quantizer, d, nlist)
+        self._quantizer = quantizer  # the IVF index does not own it: keep it alive
+        sample = X if n <= 256 * nlist else X[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)]
+        self._index.train(np.ascontiguousarray(sample))
+        self._index.add(X)
+
+    def search(self, Q: np.ndarray, k: int) -> np.ndarray:
+        import faiss
+
+        n_candidates = min(k * self._params["candidates"], self._index.ntotal)
+        search_params = faiss.SearchParametersIVF(nprobe=self._params["nprobe"])
+        _, ids = self._index.search(Q, n_candidates, params=search_params)
+        return ids
+
+    def to_bytes(self) -> bytes | None:
+        return _faiss_to_bytes(self._index)
+
+
+def _faiss_to_bytes(index) -> bytes:
+    import faiss
+
+    return faiss.serialize_index(index).tobytes()
+
+
+def _faiss_from_bytes(data: bytes):
+    import faiss
+
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+_CLASSES = {"flat": FlatIndex, "kdtree": KDTreeIndex, "hnsw": HNSWIndex, "ivf": IVFIndex}
+
+
+def build_index(kind: str, X: np.ndarray, params: dict, serialized: bytes | None = None):
+    """Build (or restore from ``serialized`` bytes) the index of concrete ``kind`` over X."""
+    cls = _CLASSES[kind]
+    if serialized is not None:
+        return cls(X, params, serialized=serialized)
+    return cls(X, params)

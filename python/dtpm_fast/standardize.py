@@ -1,0 +1,33 @@
+"""Per-feature standardisation fitted on training data (ALGORITHM.md section 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Standardizer:
+    """Zero mean, unit variance per feature; constant features get scale 1 (never inf/NaN).
+
+    Statistics are computed in float64; ``transform`` returns the requested dtype.
+    """
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> Standardizer:
+        mean = X.mean(axis=0, dtype=np.float64)
+        std = X.std(axis=0, dtype=np.float64)
+        # sklearn's rule: a (near-)constant feature is only centred.
+        scale = np.where(std < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0), 1.0, std)
+        return cls(mean, scale)
+
+    @classmethod
+    def identity(cls, n_features: int) -> Standardizer:
+        return cls(np.zeros(n_features), np.ones(n_features))
+
+    def transform(self, X: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Return (X - mean) / scale as a new C-contiguous array of ``dtype``."""
+        out = (X - self.mean.astype(X.dtype, copy=False)) / self.scale.astype(X.dtype, copy=False)
+        return np.ascontiguousarray(out, dtype=dtype)
