@@ -67,36 +67,19 @@ def resolve_torch_device(device: str = "auto") -> torch.device:
     ----------
     device : {"auto", "cpu", "cuda"}
         ``"auto"`` picks CUDA when torch sees a usable GPU and the CPU otherwise;
-        ``"cuda"`` without a usable GPU raises ValueError (see ``dtpm_fast._device``).
+        ``"cuda"`` (or ``"cuda:N"``) without a usable GPU raises ValueError saying why
+        (rules of ``dtpm_fast._device.resolve_device``, without needing dtpm_fast's CUDA module).
 
     Returns
     -------
     torch.device
     """
     torch = require_torch()
-    name = _resolve_device_name(device)
-    if name == "cuda" and not torch.cuda.is_available():
-        # The native build may see a GPU that this torch build cannot use (CPU wheel).
-        if device == "auto":
-            name = "cpu"
-        else:
-            raise ValueError(
-                "device='cuda' was requested but the installed torch has no CUDA support "
-                f"(torch {torch.__version__}); install a CUDA build of torch or use device='cpu'."
-            )
+    from dtpm_fast._device import resolve_device
+
+    # native=False: these models run on torch alone, dtpm_fast's own CUDA module is not needed.
+    name = resolve_device(device, native=False)
     return torch.device(name)
-
-
-def _resolve_device_name(device: str) -> str:
-    try:
-        from dtpm_fast._device import resolve_device
-    except ImportError:  # the shared resolver is not in this tree yet: same rules, torch only
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}.") from None
-        if device == "auto":
-            return "cuda" if require_torch().cuda.is_available() else "cpu"
-        return device
-    return resolve_device(device)
 
 
 def resolve_seed(random_state: Any) -> int:
