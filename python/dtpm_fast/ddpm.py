@@ -16,6 +16,14 @@ import numpy as np
 
 from dtpm_fast import schedule
 from dtpm_fast._device import resolve_device
+from dtpm_fast._torch_utils import (
+    ProgressReporter,
+    inference_threads,
+    iter_minibatches,
+    require_torch,
+    resolve_seed,
+    seeded_torch,
+)
 from dtpm_fast._validation import check_int, check_is_fitted, check_matrix, check_n_features
 from dtpm_fast.base import BaseDetector
 from dtpm_fast.standardize import Standardizer
@@ -28,13 +36,6 @@ except ImportError:  # pragma: no cover - exercised only without torch
     nn = None
 
 __all__ = ["DDPMReconstruction"]
-
-
-def _require_torch() -> None:
-    if torch is None:
-        raise ImportError(
-            "DDPMReconstruction needs PyTorch; install it with `pip install dtpm-fast[torch]`."
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,3 +250,326 @@ def reconstruction_score(network, x0, schedule_tensors, n_steps: int, generator)
     """Mean over features of (x0 - reverse_chain(x0))**2, shape (n,)."""
     recon = reverse_chain(network, x0, schedule_tensors, n_steps, generator)
     return torch.mean((x0 - recon) ** 2, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Detector
+# --------------------------------------------------------------------------------------------
+def _seed_from(random_state) -> int:
+    """A seed: ``random_state`` itself when it is an int, fresh OS entropy when None.
+
+    Only None or an int are accepted (not a NumPy generator): the scoring chain is reseeded
+    from ``random_state`` on every call, and the value is saved with the model.
+    """
+    if random_state is not None and (
+        isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, (int, np.integer))
+    ):
+        raise ValueError(f"random_state must be None or a non-negative int, got {random_state!r}")
+    return resolve_seed(random_state)
+
+
+def _schedule_tensors(T: int, device) -> dict:
+    return {
+        k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in ddpm_schedule(T).items()
+    }
+
+
+class DDPMReconstruction(BaseDetector):
+    """Anomaly detector scoring rows by their DDPM reconstruction error (the paper's baseline).
+
+    Parameters
+    ----------
+    T : int, default 1000
+        Diffusion steps of the training schedule (betas = linspace(1e-4, 1e-2, T)).
+    reconstruction_steps : int, default 250
+        Reverse steps run at scoring time (t = reconstruction_steps - 1 .. 0); at most ``T``.
+        Scoring costs this many network evaluations per row.
+    epochs : int, default 400
+        Maximum training epochs.
+    batch_size : int, default 64
+        Training minibatch size; the last partial batch of each epoch is dropped (as the
+        authors' loader does). With fewer rows than this, one batch of all rows is used.
+    lr, weight_decay : float, default 1e-4, 5e-4
+        Adam settings.
+    standardize : bool, default True
+        Fit a per-feature standardiser on the training rows (the noise scale assumes it).
+    contamination : float in (0, 0.5], default 0.1
+        Share of training rows labelled anomalous by ``threshold_``.
+    device : {"auto", "cpu", "cuda"}, default "auto"
+        Where the network trains and scores; "auto" takes CUDA when torch sees a GPU.
+    random_state : int or None, default None
+        Seeds initialisation, training and the scoring noise. Scoring draws z ~ N(0, I) at
+        every reverse step from a ``torch.Generator`` reseeded with ``random_state`` at the
+        start of every ``decision_function`` call, so with an int the same rows give the
+        same scores on the same device and ``inference_batch_size``. With None each fit and
+        each scoring call draws fresh entropy.
+    early_stopping : bool, default True
+        The authors' rule (:func:`should_stop_early`): after epoch 50, stop once the epoch's
+        mean loss exceeds the one 40 epochs earlier.
+    width, block_hidden, time_width, n_blocks : int, default 128, 256, 256, 3
+        Network shape (the paper's defaults; see :class:`DDPMNoiseNetwork`).
+    dropout : tuple of two floats, default (0.4, 0.1)
+        Dropout inside each residual block and on its output.
+    inference_batch_size : int, default 2048
+        Rows per reverse-chain batch at scoring time.
+    verbose : bool or None, default None
+        Training progress line (epoch, loss, rows/s) on stderr; None shows it only when stderr
+        is a terminal.
+
+    Attributes
+    ----------
+    network_ : DDPMNoiseNetwork
+        The trained noise predictor (eval mode) on ``device_``.
+    device_ : str
+        The resolved device.
+    n_features_in_ : int
+    standardizer_ : Standardizer
+    loss_history_ : ndarray of float64, shape (n_epochs_,)
+        Mean training loss of each epoch run.
+    n_epochs_ : int
+        Epochs actually run (fewer than ``epochs`` when early stopping fired).
+    decision_scores_, threshold_, labels_
+        PyOD conventions: training-set scores (same chain and seed), threshold, labels.
+    """
+
+    def __init__(
+        self,
+        T: int = 1000,
+        reconstruction_steps: int = 250,
+        epochs: int = 400,
+        batch_size: int = 64,
+        lr: float = 1e-4,
+        weight_decay: float = 5e-4,
+        standardize: bool = True,
+        contamination: float = 0.1,
+        device: str = "auto",
+        random_state=None,
+        early_stopping: bool = True,
+        width: int = 128,
+        block_hidden: int = 256,
+        time_width: int = 256,
+        n_blocks: int = 3,
+        dropout: tuple = (0.4, 0.1),
+        inference_batch_size: int = 2048,
+        verbose: bool | None = None,
+    ):
+        self.T = T
+        self.reconstruction_steps = reconstruction_steps
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.standardize = standardize
+        self.contamination = contamination
+        self.device = device
+        self.random_state = random_state
+        self.early_stopping = early_stopping
+        self.width = width
+        self.block_hidden = block_hidden
+        self.time_width = time_width
+        self.n_blocks = n_blocks
+        self.dropout = dropout
+        self.inference_batch_size = inference_batch_size
+        self.verbose = verbose
+
+    # ---- parameter checks ------------------------------------------------------------------
+    def _check_params(self) -> None:
+        T = check_int(self.T, "T", 1)
+        steps = check_int(self.reconstruction_steps, "reconstruction_steps", 1)
+        if steps > T:
+            raise ValueError(f"reconstruction_steps must be <= T ({T}), got {steps}")
+        check_int(self.epochs, "epochs", 1)
+        check_int(self.batch_size, "batch_size", 2)
+        check_int(self.width, "width", 1)
+        check_int(self.block_hidden, "block_hidden", 1)
+        check_int(self.n_blocks, "n_blocks", 0)
+        check_int(self.inference_batch_size, "inference_batch_size", 1)
+        tw = check_int(self.time_width, "time_width", 2)
+        if tw % 2:
+            raise ValueError(f"time_width must be even (sin and cos halves), got {tw}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        drop = tuple(self.dropout) if isinstance(self.dropout, (tuple, list)) else None
+        if drop is None or len(drop) != 2 or not all(
+            isinstance(p, (int, float)) and 0.0 <= p < 1.0 for p in drop
+        ):
+            raise ValueError(f"dropout must be two probabilities in [0, 1), got {self.dropout!r}")
+        if self.verbose not in (None, True, False):
+            raise ValueError(f"verbose must be True, False or None, got {self.verbose!r}")
+        self._check_contamination()
+        _seed_from(self.random_state)
+
+    def _build_network(self, n_features: int):
+        return DDPMNoiseNetwork(
+            n_features,
+            width=self.width,
+            block_hidden=self.block_hidden,
+            time_width=self.time_width,
+            n_blocks=self.n_blocks,
+            dropout=tuple(float(p) for p in self.dropout),
+        )
+
+    # ---- fit -------------------------------------------------------------------------------
+    def fit(self, X, y=None) -> DDPMReconstruction:
+        """Train the noise predictor on ``X`` (normal rows; ``y`` is ignored) and set the threshold.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows, n_samples >= 2 (batch norm needs two rows per batch).
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        require_torch()
+        self._check_params()
+        X = check_matrix(X, "X", dtype=np.float64)
+        if X.shape[0] < 2:
+            raise ValueError(f"X needs at least 2 rows to train (batch norm), got {X.shape[0]}")
+        device = resolve_device(self.device, native=False)
+        standardizer = Standardizer.fit(X) if self.standardize else Standardizer.identity(X.shape[1])
+        x_train = torch.as_tensor(standardizer.transform(X, np.float32), device=device)
+        seed = _seed_from(self.random_state)
+
+        # Init and dropout use torch's global generators: fork them so fitting neither depends
+        # on nor disturbs the caller's random state.
+        with seeded_torch(seed, device):
+            network = self._build_network(X.shape[1]).to(device)
+            losses = self._train(network, x_train, seed)
+        network.eval()
+
+        self.device_ = device
+        self.n_features_in_ = int(X.shape[1])
+        self.standardizer_ = standardizer
+        self.network_ = network
+        self.loss_history_ = np.asarray(losses, dtype=np.float64)
+        self.n_epochs_ = len(losses)
+        self._set_threshold(self._score_standardized(x_train))
+        return self
+
+    def _train(self, network, x_train, seed: int) -> list[float]:
+        # Batch order from a CPU generator (iter_minibatches permutes on the host); t and eps
+        # from one on the data's device.
+        order_generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=x_train.device).manual_seed(seed)
+        alpha_bar = _schedule_tensors(self.T, x_train.device)["alpha_bar"]
+        optimizer = torch.optim.Adam(network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        n = x_train.shape[0]
+        batch = min(self.batch_size, n)
+        n_batches = n // batch  # the last partial batch is dropped
+        network.train()
+        progress = ProgressReporter(self.epochs, label="DDPMReconstruction", enabled=self.verbose)
+        losses: list[float] = []
+        try:
+            for epoch in range(1, self.epochs + 1):
+                total = torch.zeros((), device=x_train.device)
+                for idx in iter_minibatches(
+                    n, batch, drop_last=True, generator=order_generator, device=x_train.device
+                ):
+                    loss = noise_prediction_loss(network, x_train[idx], alpha_bar, generator)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach()
+                losses.append(float(total) / n_batches)
+                progress.update(epoch, losses[-1], n_batches * batch)
+                if self.early_stopping and should_stop_early(losses):
+                    break
+        finally:
+            progress.close()
+        return losses
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def _score_standardized(self, x):
+        """Reconstruction scores (float64, shape (n,)) of standardised rows ``x`` on ``device_``."""
+        generator = torch.Generator(device=x.device).manual_seed(_seed_from(self.random_state))
+        sched = _schedule_tensors(self.T, x.device)
+        out = np.empty(x.shape[0], dtype=np.float64)
+        step = self.inference_batch_size
+        with inference_threads(), torch.inference_mode():
+            for start in range(0, x.shape[0], step):
+                chunk = x[start : start + step]
+                scores = reconstruction_score(
+                    self.network_, chunk, sched, self.reconstruction_steps, generator
+                )
+                out[start : start + chunk.shape[0]] = scores.double().cpu().numpy()
+        return out
+
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly scores: mean squared difference between each row and its reconstruction.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        ndarray of float64, shape (n_samples,)
+            Higher = more anomalous. In standardised units when ``standardize=True``.
+            Stochastic (the reverse chain adds noise); see ``random_state``.
+        """
+        check_is_fitted(self, "network_")
+        X = check_matrix(X, "X", dtype=np.float64)
+        check_n_features(X, self.n_features_in_)
+        x = torch.as_tensor(self.standardizer_.transform(X, np.float32), device=self.device_)
+        return self._score_standardized(x)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def _get_state(self) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
+        """(metadata, arrays, blobs): network weights as ``network/<name>`` float arrays, no pickle."""
+        check_is_fitted(self, "network_")
+        params = self.get_params()
+        params["dropout"] = [float(p) for p in self.dropout]
+        meta = {
+            "params": params,
+            "n_features_in": self.n_features_in_,
+            "n_epochs": self.n_epochs_,
+            "threshold": self.threshold_,
+        }
+        arrays = {
+            f"network/{name}": tensor.detach().cpu().numpy().copy()
+            for name, tensor in self.network_.state_dict().items()
+        }
+        arrays["standardizer/mean"] = self.standardizer_.mean
+        arrays["standardizer/scale"] = self.standardizer_.scale
+        arrays["decision_scores"] = self.decision_scores_
+        arrays["loss_history"] = self.loss_history_
+        return meta, arrays, {}
+
+    @classmethod
+    def _from_state(cls, meta: dict, arrays: dict, blobs: dict) -> DDPMReconstruction:
+        """Rebuild a fitted detector from :meth:`_get_state` output.
+
+        The network goes to ``resolve_device(device)``; a model saved with ``device="cuda"``
+        loads onto the CPU when this machine has no usable GPU (so saved files stay portable).
+        """
+        require_torch()
+        params = dict(meta["params"])
+        params["dropout"] = tuple(params["dropout"])
+        model = cls(**params)
+        try:
+            device = resolve_device(model.device, native=False)
+        except ValueError:
+            device = "cpu"
+        n_features = int(meta["n_features_in"])
+        network = model._build_network(n_features)
+        prefix = "network/"
+        state = {k[len(prefix) :]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith(prefix)}
+        network.load_state_dict(state, strict=True)
+        network.to(device).eval()
+        model.device_ = device
+        model.n_features_in_ = n_features
+        model.network_ = network
+        model.standardizer_ = Standardizer(arrays["standardizer/mean"], arrays["standardizer/scale"])
+        model.loss_history_ = np.asarray(arrays["loss_history"], dtype=np.float64)
+        model.n_epochs_ = int(meta["n_epochs"])
+        model.decision_scores_ = np.asarray(arrays["decision_scores"], dtype=np.float64)
+        model.threshold_ = float(meta["threshold"])
+        model.labels_ = (model.decision_scores_ > model.threshold_).astype(np.int64)
+        return model
