@@ -117,3 +117,20 @@ class BaseDetector:
     @classmethod
     def _from_state(cls, meta: dict, arrays: dict, blobs: dict) -> BaseDetector:  # pragma: no cover
         raise NotImplementedError
+
+    # ---- saving and pickling (dtpm_fast.persistence; no pickle inside saved files) ------------
+    def save(self, path) -> None:
+        """Save the fitted detector to ``path`` (versioned, pickle-free); reload with ``dtpm_fast.load``."""
+        from dtpm_fast import persistence
+
+        persistence.save(self, path)
+
+    def __getstate__(self) -> dict:
+        from dtpm_fast import persistence
+
+        return persistence.pickle_state(self)
+
+    def __setstate__(self, state: dict) -> None:
+        from dtpm_fast import persistence
+
+        persistence.restore_pickle_state(self, state)
