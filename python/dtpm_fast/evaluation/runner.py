@@ -1,0 +1,251 @@
+"""Run models over data sets and seeds under one protocol, writing ``runs.csv`` as it goes.
+
+Every finished (dataset, model, seed) appends a row and rewrites ``runs.csv`` atomically (a
+temporary file renamed over the old one), so an interrupted run loses at most the row in
+progress and a rerun with the same ``--out`` skips what is already there. ``run.json`` records
+the protocol and the training budgets; resuming with different ones is refused, because the
+rows would no longer be comparable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from dtpm_fast.evaluation import protocol as proto
+from dtpm_fast.evaluation.metrics import all_metrics
+from dtpm_fast.evaluation.models import ModelOptions, budget, get_model
+
+RUNS_FILE = "runs.csv"
+MANIFEST_FILE = "run.json"
+COLUMNS = (
+    "dataset",
+    "model",
+    "seed",
+    "protocol",
+    "auc_roc",
+    "auc_pr",
+    "f1",
+    "fit_s",
+    "score_s",
+    "score_rows_per_s",
+    "n_train",
+    "n_test",
+    "n_features",
+    "device",
+    "budget",
+)
+
+
+@dataclass
+class RunConfig:
+    """What to evaluate. ``datasets=None`` means every ``.npz`` in ``data_dir``."""
+
+    data_dir: Path
+    out_dir: Path
+    models: list[str]
+    protocol: str = "semi"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    datasets: list[str] | None = None
+    device: str = "auto"
+    epochs: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.out_dir = Path(self.out_dir)
+        if self.protocol not in proto.PROTOCOLS:
+            raise ValueError(f"protocol must be one of {proto.PROTOCOLS}, got {self.protocol!r}")
+        if not self.models:
+            raise ValueError("models is empty; pass at least one model name")
+        for name in self.models:
+            get_model(name)  # raises with the list of known names
+        if not self.seeds:
+            raise ValueError("seeds is empty; pass at least one seed, e.g. --seeds 0")
+        if any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be non-negative, got {self.seeds}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs}")
+
+
+# ----------------------------------------------------------------------------- runs.csv I/O
+
+
+def read_runs(out_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of ``out_dir/runs.csv`` as dicts of strings ([] when the file does not exist)."""
+    path = Path(out_dir) / RUNS_FILE
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_runs(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``runs.csv`` with ``rows`` atomically."""
+
+    def write(fh: TextIO) -> None:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    _write_atomically(out_dir / RUNS_FILE, write)
+
+
+def _check_manifest(config: RunConfig, budgets: dict[str, dict]) -> dict[str, Any]:
+    """Merge this run into ``run.json``; refuse a protocol or budget that differs from before."""
+    path = config.out_dir / MANIFEST_FILE
+    manifest: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if manifest.get("protocol", config.protocol) != config.protocol:
+        raise ValueError(
+            f"{config.out_dir} holds a '{manifest['protocol']}' run; resuming it with protocol "
+            f"'{config.protocol}' would mix protocols -- use another --out"
+        )
+    recorded = manifest.get("budgets", {})
+    for model, this_budget in budgets.items():
+        if model in recorded and recorded[model] != this_budget:
+            raise ValueError(
+                f"{config.out_dir} holds '{model}' rows trained with {recorded[model]}, not {this_budget}; "
+                "use another --out or the same budget"
+            )
+    manifest["protocol"] = config.protocol
+    manifest["budgets"] = {**recorded, **budgets}
+    manifest["data_dir"] = str(config.data_dir)
+    manifest.setdefault("commands", []).append(config.command)
+    _write_atomically(path, lambda fh: fh.write(json.dumps(manifest, indent=2) + "\n"))
+    return manifest
+
+
+# -------------------------------------------------------------------------------- running
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+
+
+def evaluate_one(spec_name: str, split: proto.Split, options: ModelOptions) -> dict[str, Any]:
+    """Fit one model on ``split.X_train``, score ``split.X_test``; metrics and timings."""
+    detector = get_model(spec_name).factory(options)
+    X_train = np.ascontiguousarray(split.X_train, dtype=np.float32)
+    X_test = np.ascontiguousarray(split.X_test, dtype=np.float32)
+    start = time.perf_counter()
+    detector.fit(X_train)
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = np.asarray(detector.decision_function(X_test), dtype=np.float64)
+    score_s = time.perf_counter() - start
+    result = all_metrics(split.y_test, scores)
+    result.update(
+        fit_s=fit_s,
+        score_s=score_s,
+        score_rows_per_s=len(X_test) / score_s if score_s > 0 else float("inf"),
+        n_train=len(X_train),
+        n_test=len(X_test),
+        n_features=X_train.shape[1],
+    )
+    return result
+
+
+def run(config: RunConfig, progress: TextIO | None = None) -> list[dict[str, Any]]:
+    """Evaluate every (dataset, model, seed) of ``config`` not already in ``runs.csv``.
+
+    Returns all rows of ``runs.csv`` afterwards (finished before and now). A model that raises
+    on a data set is reported on ``progress`` and in ``errors.log`` and left out of
+    ``runs.csv`` (a rerun tries it again); the other runs continue.
+    """
+    progress = sys.stderr if progress is None else progress
+    available = proto.find_datasets(config.data_dir)
+    names = list(available) if config.datasets is None else list(config.datasets)
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ValueError(
+            f"data set(s) {missing} not found in {config.data_dir}; available: {', '.join(available) or '(none)'}"
+        )
+    if not names:
+        raise ValueError(f"no .npz files in {config.data_dir} (or its ADBench sub-folders)")
+
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    budgets = {
+        m: budget(get_model(m), ModelOptions(device=config.device, epochs=config.epochs, extra=config.extra))
+        for m in config.models
+    }
+    _check_manifest(config, budgets)
+
+    rows: list[dict[str, Any]] = read_runs(config.out_dir)
+    done = {(r["dataset"], r["model"], int(r["seed"])) for r in rows}
+    todo = [(d, s, m) for d in names for s in config.seeds for m in config.models if (d, m, s) not in done]
+    print(
+        f"evaluate: {len(names)} data set(s) x {len(config.models)} model(s) x {len(config.seeds)} seed(s), "
+        f"protocol {config.protocol}; {len(todo)} to run, {len(done)} already in {config.out_dir / RUNS_FILE}",
+        file=progress,
+        flush=True,
+    )
+
+    started = time.perf_counter()
+    finished = 0
+    loaded: tuple[str, np.ndarray, np.ndarray] | None = None
+    prepared: tuple[str, int, proto.Split] | None = None
+    for dataset, seed, model in todo:
+        if loaded is None or loaded[0] != dataset:
+            loaded = (dataset, *proto.load_npz(available[dataset]))
+        if prepared is None or prepared[:2] != (dataset, seed):
+            prepared = (dataset, seed, proto.prepare(loaded[1], loaded[2], seed, config.protocol))
+        options = ModelOptions(seed=seed, device=config.device, epochs=config.epochs, extra=config.extra)
+        label = f"{dataset} {model} seed={seed}"
+        try:
+            result = evaluate_one(model, prepared[2], options)
+        except Exception as exc:  # one failing model must not stop a long run; it is reported
+            message = f"{label}: {type(exc).__name__}: {exc}"
+            print(f"  FAILED {message}", file=progress, flush=True)
+            with (config.out_dir / "errors.log").open("a") as fh:
+                fh.write(message + "\n")
+            continue
+        row = {
+            "dataset": dataset,
+            "model": model,
+            "seed": seed,
+            "protocol": config.protocol,
+            "device": config.device,
+            "budget": json.dumps(budgets[model], sort_keys=True),
+            **{k: _rounded(v) for k, v in result.items()},
+        }
+        rows.append(row)
+        write_runs(config.out_dir, rows)
+        finished += 1
+        elapsed = time.perf_counter() - started
+        eta = elapsed / finished * (len(todo) - finished)
+        print(
+            f"[{finished}/{len(todo)}] {label}: AUC-ROC {result['auc_roc']:.2f} "
+            f"fit {result['fit_s']:.3f}s score {result['score_s']:.3f}s (eta {_format_eta(eta)})",
+            file=progress,
+            flush=True,
+        )
+    return read_runs(config.out_dir)
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    return value
