@@ -13,6 +13,7 @@ import sys
 # func(args) returns the exit code.
 _COMMAND_MODULES = [
     "dtpm_fast.demo",
+    "dtpm_fast.commands",
     "dtpm_fast.evaluation.cli",
 ]
 

@@ -187,6 +187,7 @@ class BatchReader:
         self.on_bad_row = on_bad_row
         self.bad_rows = BadRowReport()
         self.feature_columns: list[str] = []
+        self.id_type: pa.DataType | None = None  # Arrow type of the id column, when there is one
         # Progress in rows (Parquet, npy) or in bytes of the input (CSV).
         self.progress_unit = "rows"
         self.progress_total: int | None = None
@@ -274,6 +275,8 @@ class ParquetBatchReader(BatchReader):
                     "not a number; choose numeric columns with --columns"
                 )
         self.feature_columns = list(columns)
+        if self.id_column is not None:
+            self.id_type = schema.field(self.id_column).type
         self.progress_total = self._file.metadata.num_rows
 
     def __iter__(self) -> Iterator[FeatureBatch]:
@@ -327,7 +330,8 @@ class CsvBatchReader(BatchReader):
         if len(set(header)) != len(header):
             raise ValueError(f"{path!r} has repeated column names in its header: {header}")
         self.feature_columns = list(columns)
-        self._n_header_fields = len(header)
+        if self.id_column is not None:
+            self.id_type = pa.string()  # ids are copied as written in the file
         self.progress_unit = "bytes"
         self.progress_total = os.path.getsize(path)
 
