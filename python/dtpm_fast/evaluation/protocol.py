@@ -209,10 +209,15 @@ def standard_scale(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray,
     """
     from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler().fit(X_train)
-    train = _fill_nan_with_column_mean(scaler.transform(X_train).astype(np.float64, copy=False))
-    test = _fill_nan_with_column_mean(scaler.transform(X_test).astype(np.float64, copy=False))
-    return train, test
+    with warnings.catch_warnings():
+        if np.isnan(X_train).all(axis=0).any():
+            # An all-NaN training column has no mean (sklearn warns and yields NaN); it is
+            # filled with 0 below, which is what the authors' NaN handling gives.
+            warnings.simplefilter("ignore", RuntimeWarning)
+        scaler = StandardScaler().fit(X_train)
+        train = scaler.transform(X_train).astype(np.float64, copy=False)
+        test = scaler.transform(X_test).astype(np.float64, copy=False)
+    return _fill_nan_with_column_mean(train), _fill_nan_with_column_mean(test)
 
 
 # ------------------------------------------------------------------------------ entry point
