@@ -138,6 +138,8 @@ def test_wrong_feature_count_at_scoring(fitted):
         (dict(contamination=0.7), "contamination"),
         (dict(device="tpu"), "device"),
         (dict(random_state=-1), "random_state"),
+        (dict(random_state=np.random.default_rng(0)), "random_state"),
+        (dict(sampling_noise="yes"), "sampling_noise"),
     ],
 )
 def test_bad_parameters(data, override, match):
@@ -177,6 +179,26 @@ def test_fit_leaves_global_torch_rng_untouched(data):
     torch.testing.assert_close(torch.rand(3), expected)
 
 
+def test_sampling_noise_is_reproducible_with_random_state(data):
+    X_train, X_test, _ = data
+    noisy = DDPMReconstruction(random_state=5, sampling_noise=True, **TINY).fit(X_train)
+    first = noisy.decision_function(X_test)
+    np.testing.assert_array_equal(noisy.decision_function(X_test), first)
+    noisy.set_params(random_state=6)  # another scoring seed, same network
+    assert not np.array_equal(noisy.decision_function(X_test), first)
+    noisy.set_params(sampling_noise=False)
+    mean_path = noisy.decision_function(X_test)
+    assert not np.allclose(mean_path, first)
+    noisy.set_params(random_state=7)  # the noise-free chain ignores the scoring seed
+    np.testing.assert_array_equal(noisy.decision_function(X_test), mean_path)
+
+
+def test_random_state_none_noisy_scoring_varies(data):
+    model = DDPMReconstruction(random_state=None, sampling_noise=True, **TINY).fit(data[0])
+    a, b = model.decision_function(data[1]), model.decision_function(data[1])
+    assert np.isfinite(a).all() and not np.array_equal(a, b)
+
+
 def test_random_state_none_still_scores(data):
     model = DDPMReconstruction(random_state=None, **TINY).fit(data[0])
     scores = model.decision_function(data[1])
@@ -187,16 +209,16 @@ def test_random_state_none_still_scores(data):
 def test_early_stop_rule():
     # Decreasing loss never stops.
     assert not should_stop_early(list(np.linspace(1.0, 0.1, 300)))
-    # Never before more than 50 epochs, however bad the loss.
-    assert not should_stop_early([1.0] * 10 + [5.0] * 40)
-    # Epoch 51 (index 50) compared with index 10: worse -> stop; equal -> continue.
-    history = [1.0] * 50 + [1.5]
+    # No stop while the latest epoch index is <= 50 (51 epochs done), however bad the loss.
+    assert not should_stop_early([1.0] * 10 + [5.0] * 41)
+    # 52 epochs done (latest index 51): compared with losses[52 - 40] = losses[12].
+    history = [1.0] * 51 + [1.5]
     assert should_stop_early(history)
-    assert not should_stop_early([1.0] * 51)
-    history = list(np.linspace(1.0, 0.5, 50)) + [0.9]
-    assert history[-41] == pytest.approx(1.0 - 0.5 * 10 / 49)
-    assert should_stop_early(history)  # 0.9 > loss 40 epochs earlier (~0.898)
-    history[-1] = 0.85
+    assert not should_stop_early([1.0] * 52)  # equal is not worse
+    history = list(np.linspace(1.0, 0.5, 52))
+    history[12] = 0.2  # the epoch the authors' index len - 40 points at
+    assert should_stop_early(history)
+    history[12], history[11] = 1.0, 0.2  # the epoch 40 before the latest does not matter
     assert not should_stop_early(history)
 
 
@@ -243,7 +265,8 @@ def _numpy_network(state: dict, x: np.ndarray, t: np.ndarray, time_width: int) -
     return linear(np.maximum(batchnorm(h, "head.0"), 0.0), "head.2")
 
 
-def test_reverse_chain_matches_numpy():
+@pytest.mark.parametrize("sampling_noise", [False, True])
+def test_reverse_chain_matches_numpy(sampling_noise):
     torch.manual_seed(0)
     n, d, T, steps, tw = 5, 3, 60, 12, 8
     net = DDPMNoiseNetwork(d, width=6, block_hidden=10, time_width=tw, n_blocks=2)
@@ -266,6 +289,7 @@ def test_reverse_chain_matches_numpy():
             {k: torch.tensor(v, dtype=torch.float32) for k, v in sched.items()},
             steps,
             torch.Generator().manual_seed(42),
+            sampling_noise,
         ).numpy()
 
     # The same noise, drawn in the same order (one (n, d) draw per step t = steps-1 .. 1).
@@ -277,7 +301,7 @@ def test_reverse_chain_matches_numpy():
     for t in range(steps - 1, -1, -1):
         eps_hat = _numpy_network(state, x, np.full(n, t), tw)
         x = (x - betas[t] / np.sqrt(1.0 - alpha_bar[t]) * eps_hat) / np.sqrt(1.0 - betas[t])
-        if t > 0:
+        if sampling_noise and t > 0:
             var = betas[t] * (1.0 - alpha_bar[t - 1]) / (1.0 - alpha_bar[t])
             x = x + np.sqrt(var) * z[t]
     expected = np.mean((start - x) ** 2, axis=1)
