@@ -61,7 +61,18 @@ _MAX_EXAMPLES = 5
 
 
 class BadRowError(ValueError):
-    """A row cannot be scored (non-numeric, missing/NaN/inf value, wrong field count)."""
+    """A row cannot be scored (non-numeric, missing/NaN/inf value, wrong field count).
+
+    ``row`` is the 0-based input row number (header not counted).
+    """
+
+    def __init__(self, message: str, row: int | None = None):
+        super().__init__(message)
+        self.row = row
+
+
+def _bad_row_error(description: str, row: int) -> BadRowError:
+    return BadRowError(f"{description}; fix the input or pass --on-bad-row skip to skip bad rows", row)
 
 
 @dataclass
@@ -222,7 +233,7 @@ class BatchReader:
         first = int(bad_positions[0])
         description = self._describe_bad_value(features, rows, first, non_numeric, raw_columns)
         if self.on_bad_row == "error":
-            raise BadRowError(f"{description}; fix the input or pass --on-bad-row skip to skip bad rows")
+            raise _bad_row_error(description, int(rows[first]))
         self.bad_rows.add(description, n=len(bad_positions))
         keep = np.flatnonzero(good)
         return FeatureBatch(
@@ -359,26 +370,42 @@ class CsvBatchReader(BatchReader):
             stream = pa.input_stream(raw, compression="detect") if self.path.lower().endswith(".gz") else raw
             reader = pa_csv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             skipped_rows: list[int] = []  # 0-based data-row numbers of malformed lines not yet passed
+            first_malformed: tuple[int, str] | None = None  # with on_bad_row="error": raised in row order
             cursor = 0  # next data-row number
             for record_batch in reader:
                 self.progress_done = raw.tell()
-                # A malformed line is reported while its block is parsed, before its batch arrives.
+                # A malformed line is reported while its block is parsed, before its batch arrives
+                # (and possibly before earlier rows with bad values are converted).
                 for row in malformed:
                     data_row = row.number - 2  # line 1 is the header; rows are 0-based
                     reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
                     description = f"row {data_row + 1} (line {row.number}): {reason}"
                     if self.on_bad_row == "error":
-                        raise BadRowError(f"{description}; fix the input or pass --on-bad-row skip to skip bad rows")
-                    self.bad_rows.add(description)
+                        if first_malformed is None:
+                            first_malformed = (data_row, description)
+                    else:
+                        self.bad_rows.add(description)
                     skipped_rows.append(data_row)
                 malformed.clear()
                 m = record_batch.num_rows
                 rows, cursor = _row_numbers(cursor, m, skipped_rows)
                 for chunk_start in range(0, m, self.batch_rows):
                     part = record_batch.slice(chunk_start, self.batch_rows)
-                    batch = self._convert(part, rows[chunk_start : chunk_start + part.num_rows])
+                    part_rows = rows[chunk_start : chunk_start + part.num_rows]
+                    if first_malformed is not None and first_malformed[0] < part_rows[0]:
+                        raise _bad_row_error(first_malformed[1], first_malformed[0])
+                    try:
+                        batch = self._convert(part, part_rows)
+                    except BadRowError as exc:
+                        if first_malformed is not None and first_malformed[0] < exc.row:
+                            raise _bad_row_error(first_malformed[1], first_malformed[0]) from None
+                        raise
                     if len(batch):
                         yield batch
+                if first_malformed is not None and first_malformed[0] < cursor:
+                    raise _bad_row_error(first_malformed[1], first_malformed[0])
+            if first_malformed is not None:
+                raise _bad_row_error(first_malformed[1], first_malformed[0])
             self.progress_done = self.progress_total
 
     def _convert(self, record_batch: pa.RecordBatch, rows: np.ndarray) -> FeatureBatch:
