@@ -331,15 +331,24 @@ def test_state_round_trip_gives_equal_scores(fitted, data):
     assert loaded.get_params() == fitted.get_params()
 
 
-def test_state_round_trip_through_npz_file(fitted, data, tmp_path):
-    # The arrays survive a pickle-free container (what the persistence module writes).
-    meta, arrays, blobs = fitted._get_state()
-    path = tmp_path / "ddpm.npz"
-    np.savez(path, **{k.replace("/", "__"): v for k, v in arrays.items()})
-    with np.load(path, allow_pickle=False) as f:
-        restored = {k.replace("__", "/"): f[k] for k in f.files}
-    loaded = DDPMReconstruction._from_state(json.loads(json.dumps(meta)), restored, blobs)
-    np.testing.assert_array_equal(loaded.decision_function(data[1]), fitted.decision_function(data[1]))
+def test_save_load_file_round_trip(data, tmp_path):
+    import dtpm_fast
+
+    model = DDPMReconstruction(random_state=3, sampling_noise=True, **TINY).fit(data[0])
+    path = tmp_path / "ddpm.dtpm"
+    model.save(path)
+    loaded = dtpm_fast.load(path)
+    assert type(loaded) is DDPMReconstruction
+    np.testing.assert_array_equal(loaded.decision_function(data[1]), model.decision_function(data[1]))
+    np.testing.assert_array_equal(loaded.decision_scores_, model.decision_scores_)
+    assert loaded.get_params() == model.get_params()
+
+
+def test_pickle_round_trip(fitted, data):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(clone.decision_function(data[1]), fitted.decision_function(data[1]))
 
 
 # ----------------------------------------------------------------------------------- learning

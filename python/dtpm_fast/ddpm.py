@@ -549,7 +549,7 @@ class DDPMReconstruction(BaseDetector):
 
     # ---- persistence -----------------------------------------------------------------------
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
-        """(metadata, arrays, blobs): network weights as ``network/<name>`` float arrays, no pickle."""
+        """(metadata, arrays, blobs): network weights as ``network.<parameter>`` arrays, no pickle."""
         check_is_fitted(self, "network_")
         params = self.get_params()
         params["dropout"] = [float(p) for p in self.dropout]
@@ -560,11 +560,11 @@ class DDPMReconstruction(BaseDetector):
             "threshold": self.threshold_,
         }
         arrays = {
-            f"network/{name}": tensor.detach().cpu().numpy().copy()
+            f"network.{name}": tensor.detach().cpu().numpy().copy()
             for name, tensor in self.network_.state_dict().items()
         }
-        arrays["standardizer/mean"] = self.standardizer_.mean
-        arrays["standardizer/scale"] = self.standardizer_.scale
+        arrays["standardizer_mean"] = self.standardizer_.mean
+        arrays["standardizer_scale"] = self.standardizer_.scale
         arrays["decision_scores"] = self.decision_scores_
         arrays["loss_history"] = self.loss_history_
         return meta, arrays, {}
@@ -586,14 +586,14 @@ class DDPMReconstruction(BaseDetector):
             device = "cpu"
         n_features = int(meta["n_features_in"])
         network = model._build_network(n_features)
-        prefix = "network/"
+        prefix = "network."
         state = {k[len(prefix) :]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith(prefix)}
         network.load_state_dict(state, strict=True)
         network.to(device).eval()
         model.device_ = device
         model.n_features_in_ = n_features
         model.network_ = network
-        model.standardizer_ = Standardizer(arrays["standardizer/mean"], arrays["standardizer/scale"])
+        model.standardizer_ = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])
         model.loss_history_ = np.asarray(arrays["loss_history"], dtype=np.float64)
         model.n_epochs_ = int(meta["n_epochs"])
         model.decision_scores_ = np.asarray(arrays["decision_scores"], dtype=np.float64)
