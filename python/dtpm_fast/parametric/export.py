@@ -1,0 +1,222 @@
+"""Export of the parametric models to TorchScript or pt2 (torch.export), and loading them back.
+
+An exported file is a zip archive written by PyTorch. Besides the graph (raw rows ->
+standardisation -> MLP -> score head) it carries two extra files written by dtpm_fast:
+
+- ``dtpm_meta.json``: kind, n_features, T, num_bins, threshold, contamination, versions;
+- ``dtpm_train_scores.json``: the training scores (for ``predict_proba``/``predict_confidence``).
+
+:func:`load_exported` checks the zip structure and the metadata *before* handing the file to
+``torch.jit.load`` or ``torch.export.load``; nothing is unpickled by dtpm_fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from dtpm_fast._torch_utils import batched_inference, require_torch, resolve_torch_device
+from dtpm_fast._validation import check_is_fitted, check_matrix, check_n_features
+from dtpm_fast.base import BaseDetector
+
+FORMATS = ("pt2", "torchscript")
+META_FILE = "dtpm_meta.json"
+TRAIN_SCORES_FILE = "dtpm_train_scores.json"
+PRODUCER = "dtpm_fast.parametric"
+_ZIP_MAGIC = b"PK\x03\x04"
+#: Rows of the example input traced by torch.export; the batch dimension is dynamic anyway.
+_EXAMPLE_ROWS = 8
+
+
+@contextlib.contextmanager
+def _accept_torchscript_deprecation():
+    """Silence only PyTorch's "torch.jit.* is deprecated" warnings (torch >= 2.11).
+
+    TorchScript stays supported here on purpose (the design asks for it); every other
+    warning still surfaces.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        yield
+
+
+def write_export(module, path, format: str, meta: dict, train_scores: np.ndarray) -> None:  # noqa: A002
+    """Write ``module`` (an eval-mode scoring module on the CPU) to ``path`` in ``format``."""
+    torch = require_torch()
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
+    meta = dict(meta, export_format=format)
+    extra = {
+        META_FILE: json.dumps(meta, sort_keys=True),
+        TRAIN_SCORES_FILE: json.dumps([float(s) for s in np.asarray(train_scores, dtype=np.float64)]),
+    }
+    path = os.fspath(path)
+    example = torch.zeros(_EXAMPLE_ROWS, int(meta["n_features"]), dtype=torch.float32)
+    if format == "torchscript":
+        with _accept_torchscript_deprecation():
+            scripted = torch.jit.script(module)
+            torch.jit.save(scripted, path, _extra_files=extra)
+        return
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, path, extra_files=extra)
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def _fail(path: str, why: str) -> ValueError:
+    return ValueError(
+        f"{path!r} is not a usable dtpm_fast exported model: {why}. "
+        "Pass a file written by DTPMCategorical/DTPMInverseGamma.export(path, format='pt2' or 'torchscript')."
+    )
+
+
+def inspect_export(path) -> tuple[str, dict, np.ndarray]:
+    """Check that ``path`` is an intact dtpm_fast export and read its metadata, without torch.
+
+    Returns
+    -------
+    format : {"pt2", "torchscript"}
+    meta : dict
+        The parsed ``dtpm_meta.json``.
+    train_scores : ndarray of shape (n_train,), float64
+
+    Raises
+    ------
+    ValueError
+        Missing file, not a zip archive, damaged archive (CRC error), not written by
+        PyTorch, or without dtpm_fast metadata.
+    """
+    path = os.fspath(path)
+    if not Path(path).is_file():
+        raise _fail(path, "no such file")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != _ZIP_MAGIC:
+        raise _fail(path, f"it does not start with the zip signature (first bytes {magic!r})")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise _fail(path, f"the archive is damaged (CRC mismatch in {bad!r})")
+            names = archive.namelist()
+            by_tail = {name.split("/", 1)[1]: name for name in names if "/" in name}
+            if "archive_format" in by_tail and archive.read(by_tail["archive_format"]).strip() == b"pt2":
+                fmt = "pt2"
+            elif "constants.pkl" in by_tail and "data.pkl" in by_tail and any(
+                t.startswith("code/") for t in by_tail
+            ):
+                fmt = "torchscript"
+            else:
+                raise _fail(path, "the zip archive is neither a TorchScript module nor a torch.export pt2 file")
+            meta_name = by_tail.get("extra/" + META_FILE)
+            if meta_name is None:
+                raise _fail(path, f"the {fmt} file carries no {META_FILE} (not exported by dtpm_fast)")
+            meta = json.loads(archive.read(meta_name).decode("utf-8"))
+            scores_name = by_tail.get("extra/" + TRAIN_SCORES_FILE)
+            train_scores = (
+                np.asarray(json.loads(archive.read(scores_name).decode("utf-8")), dtype=np.float64)
+                if scores_name is not None
+                else np.empty(0)
+            )
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        raise _fail(path, f"the zip archive cannot be read ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"its metadata is not valid JSON ({exc})") from None
+    required = {"producer", "kind", "n_features", "T", "threshold", "contamination", "version"}
+    if not isinstance(meta, dict) or meta.get("producer") != PRODUCER or not required <= set(meta):
+        raise _fail(path, f"{META_FILE} lacks the dtpm_fast fields {sorted(required)}")
+    return fmt, meta, train_scores
+
+
+def load_exported(path, device: str = "auto") -> ExportedScorer:
+    """Load an exported parametric model as a ready scorer (``decision_function``, ``predict``...).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``DTPMCategorical.export`` or ``DTPMInverseGamma.export`` in either format.
+    device : {"auto", "cpu", "cuda"}, default "auto"
+
+    Returns
+    -------
+    ExportedScorer
+
+    Notes
+    -----
+    The file is validated (zip signature, CRCs, PyTorch layout, dtpm_fast metadata) before
+    ``torch.jit.load`` / ``torch.export.load`` reads it. No Python pickle is loaded by dtpm_fast.
+    """
+    torch = require_torch()
+    fmt, meta, train_scores = inspect_export(path)
+    dev = resolve_torch_device(device)
+    path = os.fspath(path)
+    try:
+        if fmt == "torchscript":
+            with _accept_torchscript_deprecation():
+                module = torch.jit.load(path, map_location=dev)
+        else:
+            module = torch.export.load(path).module().to(dev)
+    except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise _fail(path, f"PyTorch could not load the {fmt} program ({type(exc).__name__}: {exc})") from None
+    return ExportedScorer._from_loaded(module, fmt, meta, train_scores, dev)
+
+
+class ExportedScorer(BaseDetector):
+    """Inference-only detector backed by an exported TorchScript or pt2 program.
+
+    Offers ``decision_function``, ``predict``, ``predict_proba``, ``predict_confidence``
+    (the last two need the training scores stored in the file). It cannot be refitted:
+    refit the original detector class instead.
+
+    Attributes
+    ----------
+    meta_ : dict
+        The file's metadata (kind, n_features, T, num_bins, threshold, version...).
+    format_ : {"pt2", "torchscript"}
+    n_features_in_ : int
+    threshold_ : float
+    decision_scores_ : ndarray of shape (n_train,), float64
+    """
+
+    def __init__(self):
+        pass
+
+    @classmethod
+    def _from_loaded(cls, module, fmt: str, meta: dict, train_scores: np.ndarray, device) -> ExportedScorer:
+        self = cls()
+        self._module = module
+        self._torch_device = device
+        self.format_ = fmt
+        self.meta_ = meta
+        self.kind_ = meta["kind"]
+        self.contamination = float(meta["contamination"])
+        self.n_features_in_ = int(meta["n_features"])
+        self.threshold_ = float(meta["threshold"])
+        if train_scores.size:
+            self.decision_scores_ = train_scores
+            self.labels_ = (train_scores > self.threshold_).astype(np.int64)
+        return self
+
+    def __repr__(self) -> str:
+        return f"ExportedScorer(kind={self.meta_.get('kind')!r}, format={self.format_!r})"
+
+    def fit(self, X, y=None):
+        raise TypeError(
+            "An exported model is inference-only; fit a DTPMCategorical / DTPMInverseGamma and export it again."
+        )
+
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly scores, shape (n_samples,), float64 (computed in float32); higher = more anomalous."""
+        check_is_fitted(self, "_module")
+        X = check_matrix(X, "X")
+        check_n_features(X, self.n_features_in_)
+        return batched_inference(self._module, X, device=self._torch_device).astype(np.float64)

@@ -1,0 +1,111 @@
+"""The DTPM multilayer perceptron and the scoring modules that wrap it (ALGORITHM.md section 4).
+
+This module imports torch; the detectors import it lazily, so ``import dtpm_fast`` stays
+torch-free. A *scoring module* maps raw rows (float32, shape (n, d)) to anomaly scores with
+standardisation, network and score head in one graph: it is what ``decision_function`` runs
+and exactly what ``export`` writes, so the exported file and the detector agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+KINDS = ("categorical", "inverse_gamma")
+
+
+def build_mlp(n_features: int, hidden_sizes: Sequence[int], n_outputs: int, dropout: float) -> nn.Sequential:
+    """The authors' MLP: d -> h1 -> ... -> hk -> n_outputs, ReLU after every hidden layer.
+
+    Dropout follows every hidden layer except the first (with the default (256, 512, 256):
+    after the second and third, as in the paper's code).
+    """
+    layers: list[nn.Module] = []
+    width_in = n_features
+    for i, width in enumerate(hidden_sizes):
+        layers.append(nn.Linear(width_in, width))
+        # In place: the Linear output is not needed by autograd (addmm keeps its input).
+        layers.append(nn.ReLU(inplace=True))
+        if i > 0 and dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width_in = width
+    layers.append(nn.Linear(width_in, n_outputs))
+    return nn.Sequential(*layers)
+
+
+class _Standardized(nn.Module):
+    """Holds the network and the per-feature standardisation as float32 buffers."""
+
+    def __init__(self, net: nn.Sequential, mean: np.ndarray, scale: np.ndarray) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, dtype=np.float32)))
+        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, dtype=np.float32)))
+
+    def network_output(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw network output for raw rows x: (n, d) -> (n, n_outputs)."""
+        # Same float32 arithmetic as Standardizer.transform on float32 input.
+        z = (x.to(torch.float32) - self.mean) / self.scale
+        return self.net(z)
+
+
+class CategoricalScorer(_Standardized):
+    """Raw rows -> expected diffusion-time bin, sum_b b * softmax(logits)_b, shape (n,), float32."""
+
+    def __init__(self, net: nn.Sequential, mean: np.ndarray, scale: np.ndarray, num_bins: int) -> None:
+        super().__init__(net, mean, scale)
+        self.register_buffer("bin_index", torch.arange(num_bins, dtype=torch.float32))
+
+    def bin_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted distribution over the bins, shape (n, num_bins)."""
+        return torch.softmax(self.network_output(x), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mv(self.bin_probabilities(x), self.bin_index)
+
+
+class InverseGammaScorer(_Standardized):
+    """Raw rows -> inverse-Gamma posterior mode of the noise variance, beta_hat / (a + 1), shape (n,).
+
+    beta_hat = s^2 with s the network output; the shape a = d/2 - 1 is fixed. The mode ranks
+    rows exactly as the authors' score s = sqrt(beta_hat) does.
+    """
+
+    def __init__(self, net: nn.Sequential, mean: np.ndarray, scale: np.ndarray, shape_a: float) -> None:
+        super().__init__(net, mean, scale)
+        self.register_buffer("mode_divisor", torch.tensor(float(shape_a) + 1.0, dtype=torch.float32))
+
+    def inverse_gamma_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted scale beta_hat = s^2, shape (n,)."""
+        s = self.network_output(x)[:, 0]
+        return s * s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inverse_gamma_scale(x) / self.mode_divisor
+
+
+def build_scorer(
+    kind: str,
+    n_features: int,
+    hidden_sizes: Sequence[int],
+    dropout: float,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    num_bins: int | None = None,
+) -> CategoricalScorer | InverseGammaScorer:
+    """A freshly initialised scoring module of the given kind (uses torch's global RNG)."""
+    if kind == "categorical":
+        net = build_mlp(n_features, hidden_sizes, int(num_bins), dropout)
+        return CategoricalScorer(net, mean, scale, int(num_bins))
+    if kind == "inverse_gamma":
+        net = build_mlp(n_features, hidden_sizes, 1, dropout)
+        return InverseGammaScorer(net, mean, scale, inverse_gamma_shape(n_features))
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def inverse_gamma_shape(n_features: int) -> float:
+    """The fixed inverse-Gamma shape a = d/2 - 1 (positive only for d >= 3)."""
+    return n_features / 2.0 - 1.0

@@ -1,0 +1,393 @@
+"""Parametric DTPM detectors (DTE-C, DTE-IG): contract, determinism, learning, export, loading, bad input.
+
+Tiny networks and few epochs keep this file fast; the paper-recipe quality runs live in
+bench/parametric_quality.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dtpm_fast._validation import NotFittedError  # noqa: E402
+from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma  # noqa: E402
+from dtpm_fast.parametric.export import ExportedScorer, inspect_export, load_exported  # noqa: E402
+
+# TorchScript is deprecated by PyTorch >= 2.11 and every torch.jit call warns; the export code
+# filters exactly these warnings itself, and this marker covers the tests that call torch.jit directly.
+_JIT_DEPRECATION = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
+
+FAST = dict(hidden_sizes=(32, 32), dropout=0.1, epochs=25, batch_size=64, lr=3e-3, T=100)
+DETECTORS = {
+    "categorical": lambda **kw: DTPMCategorical(**{**FAST, "num_bins": 5, **kw}),
+    "inverse_gamma": lambda **kw: DTPMInverseGamma(**{**FAST, **kw}),
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Normal training rows, and a test set of normal rows followed by shifted anomalies (d = 6)."""
+    rng = np.random.default_rng(0)
+    X_train = rng.standard_normal((256, 6)).astype(np.float32)
+    normal = rng.standard_normal((60, 6))
+    anomalies = rng.standard_normal((20, 6)) * 0.5 + 4.0
+    X_test = np.vstack([normal, anomalies]).astype(np.float32)
+    y_test = np.r_[np.zeros(60, dtype=np.int64), np.ones(20, dtype=np.int64)]
+    return X_train, X_test, y_test
+
+
+@pytest.fixture(scope="module", params=sorted(DETECTORS))
+def fitted(request, data):
+    return DETECTORS[request.param](random_state=0, contamination=0.1).fit(data[0])
+
+
+# ---------------------------------------------------------------------------------- contract
+
+
+def test_fit_returns_self_and_sets_training_attributes(data):
+    model = DETECTORS["categorical"](random_state=1, epochs=2)
+    assert model.fit(data[0]) is model
+    assert model.decision_scores_.shape == (256,) and model.decision_scores_.dtype == np.float64
+    assert set(np.unique(model.labels_)) <= {0, 1}
+    assert model.labels_.mean() == pytest.approx(0.1, abs=0.02)
+    assert model.n_features_in_ == 6
+    assert model.loss_history_.shape == (2,) and np.isfinite(model.loss_history_).all()
+
+
+def test_scores_labels_and_probabilities_have_the_contract_shapes(fitted, data):
+    _, X_test, _ = data
+    scores = fitted.decision_function(X_test)
+    assert scores.shape == (80,) and scores.dtype == np.float64 and np.isfinite(scores).all()
+    np.testing.assert_allclose(fitted.decision_function(X_test[:7]), scores[:7], rtol=1e-6)
+    labels = fitted.predict(X_test)
+    assert labels.dtype == np.int64 and set(np.unique(labels)) <= {0, 1}
+    np.testing.assert_array_equal(labels, (scores > fitted.threshold_).astype(np.int64))
+    for method in ("linear", "unify"):
+        proba = fitted.predict_proba(X_test, method=method)
+        assert proba.shape == (80, 2)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    confidence = fitted.predict_confidence(X_test)
+    assert confidence.shape == (80,) and ((confidence >= 0) & (confidence <= 1)).all()
+
+
+def test_categorical_score_is_the_expected_bin_of_the_posterior(data):
+    model = DETECTORS["categorical"](random_state=0, epochs=3).fit(data[0])
+    post = model.posterior(data[1])
+    assert post.shape == (80, 5) and post.dtype == np.float64
+    np.testing.assert_allclose(post.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(model.decision_function(data[1]), post @ np.arange(5), atol=1e-5)
+    assert (model.decision_function(data[1]) <= 4).all()
+
+
+def test_inverse_gamma_score_is_the_posterior_mode(data):
+    model = DETECTORS["inverse_gamma"](random_state=0, epochs=3).fit(data[0])
+    post = model.posterior(data[1])
+    assert post.shape == (80, 2)
+    np.testing.assert_array_equal(post[:, 0], 6 / 2 - 1)  # the shape a = d/2 - 1
+    assert (post[:, 1] >= 0).all()
+    np.testing.assert_allclose(model.decision_function(data[1]), post[:, 1] / (post[:, 0] + 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(DETECTORS))
+def test_training_learns_to_rank_anomalies_above_normal_rows(kind, data):
+    from sklearn.metrics import roc_auc_score
+
+    X_train, X_test, y_test = data
+    model = DETECTORS[kind](random_state=0).fit(X_train)
+    assert roc_auc_score(y_test, model.decision_function(X_test)) > 0.9
+    assert model.loss_history_[-5:].mean() < model.loss_history_[:5].mean()
+
+
+@pytest.mark.parametrize("kind", sorted(DETECTORS))
+def test_same_random_state_gives_the_same_model_and_leaves_global_rng_alone(kind, data):
+    X_train, X_test, _ = data
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = DETECTORS[kind](random_state=5, epochs=3).fit(X_train)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = DETECTORS[kind](random_state=5, epochs=3).fit(X_train)
+    c = DETECTORS[kind](random_state=6, epochs=3).fit(X_train)
+    np.testing.assert_array_equal(a.decision_function(X_test), b.decision_function(X_test))
+    np.testing.assert_array_equal(a.loss_history_, b.loss_history_)
+    assert not np.array_equal(a.decision_function(X_test), c.decision_function(X_test))
+
+
+def test_random_state_accepts_a_numpy_generator(data):
+    a = DETECTORS["categorical"](random_state=np.random.default_rng(3), epochs=1).fit(data[0])
+    b = DETECTORS["categorical"](random_state=np.random.default_rng(3), epochs=1).fit(data[0])
+    np.testing.assert_array_equal(a.decision_scores_, b.decision_scores_)
+
+
+def test_standardize_false_and_dataframe_input(data):
+    pd = pytest.importorskip("pandas")
+    X_train, X_test, _ = data
+    model = DETECTORS["categorical"](random_state=0, epochs=2, standardize=False).fit(pd.DataFrame(X_train))
+    np.testing.assert_array_equal(model.decision_function(pd.DataFrame(X_test)), model.decision_function(X_test))
+
+
+def test_sklearn_clone_and_params():
+    from sklearn.base import clone
+
+    model = DTPMCategorical(num_bins=9, epochs=3, random_state=4)
+    twin = clone(model)
+    assert twin.get_params() == model.get_params()
+    assert DTPMCategorical().get_params()["hidden_sizes"] == (256, 512, 256)
+    assert "num_bins" not in DTPMInverseGamma().get_params()
+    assert model.set_params(num_bins=3) is model and model.num_bins == 3
+    assert "DTPMCategorical(" in repr(model)
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = (
+        "import sys, dtpm_fast, dtpm_fast.parametric.detectors, dtpm_fast.parametric.export;"
+        "m = dtpm_fast.parametric.detectors.DTPMCategorical(epochs=1);"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kind", sorted(DETECTORS))
+def test_bad_input_raises_clear_errors(kind, fitted, data):
+    X_train, X_test, _ = data
+    with pytest.raises(NotFittedError, match="not fitted"):
+        DETECTORS[kind]().decision_function(X_test)
+    with pytest.raises(NotFittedError):
+        DETECTORS[kind]().export("unused.pt2")
+    bad = X_test.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        fitted.decision_function(bad)
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        DETECTORS[kind](epochs=1).fit(bad)
+    with pytest.raises(ValueError, match="2-D"):
+        fitted.decision_function(X_test[0])
+    with pytest.raises(ValueError, match="features"):
+        fitted.decision_function(X_test[:, :5])
+    with pytest.raises(ValueError, match="empty"):
+        fitted.decision_function(np.empty((0, 6), dtype=np.float32))
+    with pytest.raises(ValueError, match="numeric"):
+        fitted.decision_function([["a"] * 6])
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(T=1), "T must be"),
+        (dict(epochs=0), "epochs must be"),
+        (dict(batch_size=0), "batch_size must be"),
+        (dict(hidden_sizes=()), "hidden_sizes"),
+        (dict(hidden_sizes=(8, 0)), "hidden_sizes"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(lr=0.0), "lr must be"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(contamination=0.7), "contamination"),
+        (dict(device="tpu"), "device"),
+        (dict(random_state="seed"), "random_state"),
+        (dict(num_bins=1), "num_bins"),
+        (dict(T=5, num_bins=7), "must not exceed T"),
+    ],
+)
+def test_bad_parameters_are_rejected_at_fit(params, match, data):
+    with pytest.raises(ValueError, match=match):
+        DTPMCategorical(**{**FAST, "num_bins": 5, **params}).fit(data[0])
+
+
+def test_inverse_gamma_needs_three_features():
+    X = np.random.default_rng(0).standard_normal((50, 2))
+    with pytest.raises(ValueError, match="at least 3"):
+        DTPMInverseGamma(epochs=1).fit(X)
+    DTPMCategorical(**FAST).set_params(epochs=1).fit(X)  # the categorical model has no such limit
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_explicit_cuda_without_a_gpu_says_why(data):
+    with pytest.raises(ValueError, match="CUDA is not usable"):
+        DTPMCategorical(**FAST, device="cuda").fit(data[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_and_scoring_matches_its_export(tmp_path, data):
+    X_train, X_test, _ = data
+    model = DETECTORS["categorical"](random_state=0, device="cuda").fit(X_train)
+    model.export(tmp_path / "m.pt2", format="pt2")
+    np.testing.assert_allclose(
+        load_exported(tmp_path / "m.pt2", device="cpu").decision_function(X_test),
+        model.decision_function(X_test), atol=1e-4,
+    )
+
+
+# ---------------------------------------------------------------------------------- export
+
+_FRESH_PROCESS_SCORER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    path, fmt, x_path, out_path = sys.argv[1:5]
+    x = torch.from_numpy(np.load(x_path))
+    if fmt == "torchscript":
+        extra = {"dtpm_meta.json": ""}
+        module = torch.jit.load(path, _extra_files=extra)
+        meta = json.loads(extra["dtpm_meta.json"])
+    else:
+        extra = {"dtpm_meta.json": ""}
+        module = torch.export.load(path, extra_files=extra).module()
+        meta = json.loads(extra["dtpm_meta.json"])
+    with torch.inference_mode():
+        scores = module(x).numpy()
+        single = module(x[:1]).numpy()
+    assert single.shape == (1,)
+    assert not any(name.startswith("dtpm_fast") for name in sys.modules), "dtpm_fast was imported"
+    np.save(out_path, scores)
+    print(json.dumps(meta))
+    """
+)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_export_scores_identically_in_a_fresh_process_without_dtpm_fast(tmp_path, fitted, data, fmt):
+    _, X_test, _ = data
+    path = tmp_path / f"model.{fmt}"
+    fitted.export(path, format=fmt)
+    np.save(tmp_path / "x.npy", X_test)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS_SCORER, str(path), fmt, str(tmp_path / "x.npy"),
+         str(tmp_path / "scores.npy")],
+        check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
+    )
+    meta = json.loads(result.stdout.strip().splitlines()[-1])
+    scores = np.load(tmp_path / "scores.npy")
+    np.testing.assert_allclose(scores, fitted.decision_function(X_test), rtol=1e-5, atol=1e-5)
+    assert meta["kind"] == fitted._kind and meta["export_format"] == fmt
+    assert meta["n_features"] == 6 and meta["T"] == 100
+    assert meta["num_bins"] == (5 if fitted._kind == "categorical" else None)
+    assert meta["threshold"] == pytest.approx(fitted.threshold_)
+    import dtpm_fast
+
+    assert meta["version"] == dtpm_fast.__version__
+
+
+def test_export_rejects_an_unknown_format(fitted, tmp_path):
+    with pytest.raises(ValueError, match="format must be one of"):
+        fitted.export(tmp_path / "m.onnx", format="onnx")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_load_exported_gives_a_working_scorer(tmp_path, fitted, data, fmt):
+    _, X_test, _ = data
+    path = tmp_path / f"model.{fmt}"
+    fitted.export(path, format=fmt)
+    scorer = load_exported(path)
+    assert isinstance(scorer, ExportedScorer) and scorer.format_ == fmt
+    np.testing.assert_allclose(scorer.decision_function(X_test), fitted.decision_function(X_test), atol=1e-5)
+    np.testing.assert_array_equal(scorer.predict(X_test), fitted.predict(X_test))
+    np.testing.assert_allclose(scorer.predict_proba(X_test), fitted.predict_proba(X_test), atol=1e-5)
+    np.testing.assert_allclose(scorer.decision_scores_, fitted.decision_scores_)
+    assert scorer.threshold_ == pytest.approx(fitted.threshold_)
+    assert scorer.decision_function(X_test[:1]).shape == (1,)
+    with pytest.raises(ValueError, match="features"):
+        scorer.decision_function(X_test[:, :3])
+    with pytest.raises(TypeError, match="inference-only"):
+        scorer.fit(X_test)
+
+
+def _truncate(src, dst):
+    blob = src.read_bytes()
+    dst.write_bytes(blob[: len(blob) // 2])
+
+
+def _flip_middle(src, dst):
+    """Corrupt the stored weights: flip bytes inside the first data member (CRC mismatch)."""
+    with zipfile.ZipFile(src) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 64)
+    blob = bytearray(src.read_bytes())
+    # Member data starts after the local header, whose name and extra lengths are at bytes 26..29.
+    name_len, extra_len = np.frombuffer(bytes(blob[info.header_offset + 26 : info.header_offset + 30]), "<u2")
+    start = info.header_offset + 30 + int(name_len) + int(extra_len) + 16
+    for i in range(start, start + 8):
+        blob[i] ^= 0xFF
+    dst.write_bytes(bytes(blob))
+
+
+def _drop_metadata(src, dst):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            if not item.filename.endswith("dtpm_meta.json"):
+                zout.writestr(item, zin.read(item.filename))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (_truncate, "zip archive cannot be read|not a usable"),
+        (_flip_middle, "damaged"),
+        (_drop_metadata, "carries no dtpm_meta.json"),
+    ],
+)
+def test_load_exported_rejects_damaged_files(tmp_path, fitted, fmt, damage, match):
+    good = tmp_path / f"good.{fmt}"
+    fitted.export(good, format=fmt)
+    bad = tmp_path / f"bad.{fmt}"
+    damage(good, bad)
+    with pytest.raises(ValueError, match=match):
+        load_exported(bad)
+
+
+def test_load_exported_rejects_wrong_files(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        load_exported(tmp_path / "missing.pt2")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    with pytest.raises(ValueError, match="zip signature"):
+        load_exported(text)
+    other_zip = tmp_path / "other.zip"
+    with zipfile.ZipFile(other_zip, "w") as archive:
+        archive.writestr("a/readme.txt", "hello")
+    with pytest.raises(ValueError, match="neither a TorchScript module nor a torch.export pt2"):
+        load_exported(other_zip)
+    foreign = tmp_path / "foreign.pt2"
+    module = torch.nn.Linear(3, 1)
+    torch.export.save(torch.export.export(module, (torch.zeros(2, 3),)), str(foreign))
+    with pytest.raises(ValueError, match="not exported by dtpm_fast"):
+        load_exported(foreign)
+    assert inspect_export  # the validation step is public for the persistence module
+
+
+# ---------------------------------------------------------------------------------- persistence hooks
+
+
+@pytest.mark.parametrize("kind", sorted(DETECTORS))
+def test_state_hooks_round_trip_without_pickle(kind, data):
+    X_train, X_test, _ = data
+    model = DETECTORS[kind](random_state=np.random.default_rng(0), epochs=2).fit(X_train)
+    meta, arrays, blobs = model._get_state()
+    json.dumps(meta)  # plain JSON
+    assert blobs == {}
+    assert all(isinstance(a, np.ndarray) and a.dtype.kind in "fiu" for a in arrays.values())
+    clone = type(model)._from_state(json.loads(json.dumps(meta)), arrays, blobs)
+    np.testing.assert_array_equal(clone.decision_function(X_test), model.decision_function(X_test))
+    np.testing.assert_array_equal(clone.labels_, model.labels_)
+    assert clone.get_params()["hidden_sizes"] == model.hidden_sizes
+    other = DTPMInverseGamma if kind == "categorical" else DTPMCategorical
+    with pytest.raises(ValueError, match="saved state is a"):
+        other._from_state(meta, arrays, blobs)
+    broken = dict(arrays)
+    broken.pop(next(k for k in arrays if k.endswith("weight")))
+    with pytest.raises(ValueError, match="do not match"):
+        type(model)._from_state(meta, broken, blobs)
