@@ -13,7 +13,7 @@ def cuda_status(native: bool = True) -> tuple[bool, str]:
     """
     if native:
         try:
-            from dtpm_fast import _cuda  # noqa: F401
+            from dtpm_fast import _cuda
         except ImportError as exc:
             return False, f"dtpm_fast was built without its CUDA module ({exc}); rebuild with nvcc available"
     try:
@@ -22,6 +22,8 @@ def cuda_status(native: bool = True) -> tuple[bool, str]:
         return False, "the CUDA path needs PyTorch with CUDA support (pip install torch)"
     if not torch.cuda.is_available():
         return False, "PyTorch sees no CUDA device (torch.cuda.is_available() is False)"
+    if native and _cuda.device_count() == 0:  # e.g. a driver too old for the CUDA runtime linked in
+        return False, f"dtpm_fast's CUDA module finds no usable GPU: {_cuda.device_status()}"
     return True, "ok"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dtpm_fast import _core, neighbours
+from dtpm_fast import _core, _gpu, neighbours
 from dtpm_fast._device import resolve_device
 from dtpm_fast._validation import check_choice, check_int, check_is_fitted, check_matrix, check_n_features
 from dtpm_fast.base import BaseDetector
@@ -94,7 +94,7 @@ class DTPMNonParametric(BaseDetector):
         Standardises, builds the neighbour index and scores the training rows leave-one-out.
         """
         self._check_params()
-        X = check_matrix(X, "X")
+        X = check_matrix(_gpu.to_numpy(X) if _gpu.is_device_array(X) else X, "X")  # state lives on the host
         n, d = X.shape
         if d <= 2:
             raise ValueError(
@@ -113,20 +113,33 @@ class DTPMNonParametric(BaseDetector):
         self.index_kind_ = neighbours.resolve_kind(self.index, n, d)
         self._index_params = neighbours.resolve_params(self.index_kind_, self.index_params)
         self._index = neighbours.build_index(self.index_kind_, self._train, self._index_params)
-        mode, mean, _ = self._score_rows(self._train, standardized=True, leave_one_out=True)
+        self._gpu = self._gpu_engine()
+        if self._gpu is not None:
+            mode, mean = self._gpu.train_scores()
+        else:
+            mode, mean, _ = self._score_rows(self._train, standardized=True, leave_one_out=True)
         self._set_threshold(mean if self.score == "mean" else mode.astype(np.float64))
         return self
 
     # ---- scoring ----------------------------------------------------------------------------
     def decision_function(self, X) -> np.ndarray:
-        """Anomaly scores, shape (n_samples,), float64 in [0, T-1]: posterior mean or mode of t."""
-        mode, mean, _ = self._score_rows(self._checked(X), want_mode=self.score == "mode",
+        """Anomaly scores, shape (n_samples,), float64 in [0, T-1]: posterior mean or mode of t.
+
+        On a CUDA detector, torch/CuPy device input gives a device array of the same kind.
+        """
+        X = self._checked(X)
+        if self._gpu is not None:
+            return self._gpu.decision_function(X, self.score)
+        mode, mean, _ = self._score_rows(X, want_mode=self.score == "mode",
                                          want_mean=self.score == "mean")
         return mean if self.score == "mean" else mode.astype(np.float64)
 
     def posterior(self, X) -> np.ndarray:
         """Posterior over the diffusion time, shape (n_samples, T), float64, rows sum to 1."""
-        _, _, post = self._score_rows(self._checked(X), want_mode=False, want_mean=False, want_posterior=True)
+        X = self._checked(X)
+        if self._gpu is not None:
+            return self._gpu.posterior(X)
+        _, _, post = self._score_rows(X, want_mode=False, want_mean=False, want_posterior=True)
         return post
 
     def explain(self, X) -> np.ndarray:
@@ -136,6 +149,8 @@ class DTPMNonParametric(BaseDetector):
         units; a row sums to its D2, the quantity the score increases with.
         """
         X = self._checked(X)
+        if self._gpu is not None:
+            return self._gpu.explain(X)
         out = np.empty(X.shape, dtype=np.float32)
         for start, stop, Q, ids in self._neighbour_batches(X):
             sq, contrib = _core.neighbour_sqdist(Q, self._train, ids, True)
@@ -148,9 +163,20 @@ class DTPMNonParametric(BaseDetector):
     # ---- internals --------------------------------------------------------------------------
     def _checked(self, X) -> np.ndarray:
         check_is_fitted(self, "_index")
+        if self._gpu is not None and _gpu.is_device_array(X):
+            return X  # the GPU engine checks device arrays where they live
         X = check_matrix(X, "X")
         check_n_features(X, self.n_features_in_)
         return X
+
+    def _gpu_engine(self):
+        """The fitted state on the GPU when the resolved device is CUDA (else None)."""
+        if self._device == "cpu":
+            return None
+        grid = self._grid
+        return _gpu.NonParametricEngine(self._train, self._scaler.mean, self._scaler.scale, grid.log_sigma2,
+                                        grid.inv_sigma2, self.n_neighbors, device=self._device,
+                                        batch_size=self.batch_size)
 
     def _neighbour_batches(self, X: np.ndarray, standardized: bool = False, leave_one_out: bool = False):
         """Yield (start, stop, standardised batch, candidate ids) over X in ``batch_size`` rows."""
@@ -230,6 +256,7 @@ class DTPMNonParametric(BaseDetector):
         self._index_params = neighbours.resolve_params(self.index_kind_, meta["index_params"])
         self._index = neighbours.build_index(self.index_kind_, self._train, self._index_params,
                                              serialized=blobs.get("index"))
+        self._gpu = self._gpu_engine()
         self.decision_scores_ = np.asarray(arrays["decision_scores"], dtype=np.float64)
         self.threshold_ = float(meta["threshold"])
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)

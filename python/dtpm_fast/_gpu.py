@@ -1,0 +1,641 @@
+"""The CUDA path of the non-parametric detector: device arrays in, device arrays out.
+
+Three layers, each usable on its own:
+
+* thin wrappers over the native ``_cuda`` kernels (``posterior``, ``neighbour_sqdist``,
+  ``smallest_per_row``) taking torch or CuPy arrays without copies (DLPack /
+  ``__cuda_array_interface__``) and launching on the caller's current stream;
+* exact k-nearest-neighbour search on the device (``BruteForceSearch``: chunked
+  ``||x||^2 - 2 q.x`` matrix products under a memory budget, a one-pass row selection kernel,
+  then exact re-ranking of the candidates; ``FaissGpuSearch`` when faiss has GPU support);
+* ``NonParametricEngine``, the fitted state of ``DTPMNonParametric`` on one GPU.
+
+torch is imported lazily: importing this module never needs torch, CuPy or a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+
+FAISS_GPU_MAX_K = 2048  # FAISS's GPU k-selection limit (k and nprobe)
+DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of score matrix per search chunk
+_MIN_QUERY_ROWS = 256  # query rows per chunk we try to keep when the training set is chunked
+_CANDIDATE_MARGIN = 11  # extra candidates re-ranked exactly: K = 5 -> 16, one kernel instance
+
+
+# ---- native module and arrays ----------------------------------------------------------------
+def native():
+    """The ``_cuda`` extension; raises ImportError when this build has no CUDA module."""
+    from dtpm_fast import _cuda
+
+    return _cuda
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def is_device_array(x) -> bool:
+    """True for CUDA arrays (torch CUDA tensors, CuPy arrays, anything with __cuda_array_interface__)."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def array_kind(x) -> str:
+    """"cupy" for CuPy arrays, "torch" for other device arrays, "numpy" for host data."""
+    if not is_device_array(x):
+        return "numpy"
+    return "cupy" if type(x).__module__.split(".")[0] == "cupy" else "torch"
+
+
+def as_tensor(x):
+    """A torch view of a device array (no copy) or the tensor itself."""
+    torch = _torch()
+    if isinstance(x, torch.Tensor):
+        return x
+    if hasattr(x, "__dlpack__"):
+        return torch.from_dlpack(x)
+    return torch.as_tensor(x, device="cuda")  # __cuda_array_interface__: zero-copy
+
+
+def to_kind(t, kind: str):
+    """Return tensor ``t`` as ``kind``: the tensor, a CuPy view (no copy) or a host NumPy array."""
+    if kind == "numpy":
+        return t.detach().cpu().numpy()
+    if kind == "cupy":
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return t
+
+
+def to_numpy(x) -> np.ndarray:
+    """Host copy of a device array (or ``np.asarray`` of host data)."""
+    if is_device_array(x):
+        return as_tensor(x).detach().cpu().numpy()
+    return np.asarray(x)
+
+
+@contextlib.contextmanager
+def caller_stream(x):
+    """Run torch work on the stream the caller of ``x`` is using (CuPy's current stream for CuPy)."""
+    if array_kind(x) == "cupy":
+        import cupy
+
+        torch = _torch()
+        t = as_tensor(x)
+        stream = torch.cuda.ExternalStream(cupy.cuda.get_current_stream().ptr, device=t.device)
+        with torch.cuda.stream(stream):
+            yield
+    else:
+        yield
+
+
+def _stream_handle(t) -> int:
+    return _torch().cuda.current_stream(t.device).cuda_stream
+
+
+def _ptr(t) -> int:
+    return 0 if t is None else int(t.data_ptr())
+
+
+def _require(t, name: str, dtypes: tuple, ndim: int, device=None):
+    """Check a tensor for the kernels: CUDA, dtype, dimensions, C-contiguous, same device."""
+    torch = _torch()
+    if not isinstance(t, torch.Tensor) or not t.is_cuda:
+        raise ValueError(f"{name} must be a CUDA array (torch or CuPy), got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {t.dtype}; convert it first")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be C-contiguous; call .contiguous() (torch) or cupy.ascontiguousarray")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the other inputs are on {device}")
+    return t
+
+
+def _check_status(status, what: str) -> None:
+    """Raise the error a kernel flagged (this synchronises with the stream)."""
+    bits = int(status.item())
+    _cuda = native()
+    if bits & _cuda.STATUS_NAN_DISTANCE:
+        raise ValueError(f"{what}: a squared distance is NaN")
+    if bits & _cuda.STATUS_ID_OUT_OF_RANGE:
+        raise ValueError(f"{what}: a neighbour id is outside [0, n_train)")
+
+
+# ---- kernel wrappers -------------------------------------------------------------------------
+def posterior(sqdist, n_features: int, log_sigma2, inv_sigma2, want_mode: bool = True, want_mean: bool = True,
+              want_posterior: bool = False, check: bool = True):
+    """Posterior over the diffusion time on the GPU; the device twin of ``_core.posterior``.
+
+    Parameters
+    ----------
+    sqdist : device array of shape (n, k), float32 or float64, C-contiguous
+        Squared distances to the K nearest neighbours.
+    n_features : int
+        Data dimension d (> 2).
+    log_sigma2, inv_sigma2 : array of shape (T,), float64
+        The grid tables, host (validated, then copied) or device.
+    want_mode, want_mean, want_posterior : bool
+        Which outputs to compute.
+    check : bool, default True
+        Read the kernel's status word and raise ValueError on a NaN distance (one sync).
+
+    Returns
+    -------
+    (mode int32 (n,) | None, mean float64 (n,) | None, posterior float64 (n, T) | None)
+        Device arrays of the kind of ``sqdist`` (torch or CuPy), on its device.
+    """
+    kind = array_kind(sqdist)
+    if kind == "numpy":
+        raise ValueError("sqdist must be a CUDA array; use dtpm_fast._core.posterior for host arrays")
+    torch = _torch()
+    with caller_stream(sqdist):
+        d2 = _require(as_tensor(sqdist), "sqdist", (torch.float32, torch.float64), 2)
+        log_s2, inv_s2 = device_grid(log_sigma2, inv_sigma2, d2.device)
+        mode, mean, post = posterior_tensors(d2, n_features, log_s2, inv_s2, want_mode, want_mean,
+                                             want_posterior, check)
+    return tuple(None if t is None else to_kind(t, kind) for t in (mode, mean, post))
+
+
+def device_grid(log_sigma2, inv_sigma2, device):
+    """The grid tables as float64 tensors on ``device``; host tables are validated first."""
+    torch = _torch()
+    tables = []
+    for name, table in (("log_sigma2", log_sigma2), ("inv_sigma2", inv_sigma2)):
+        if is_device_array(table):
+            t = _require(as_tensor(table), name, (torch.float64,), 1, device)
+        else:
+            host = np.ascontiguousarray(table, dtype=np.float64)
+            if host.ndim != 1 or host.size < 1 or not np.all(np.isfinite(host)):
+                raise ValueError(f"{name} must be a finite 1-D array with at least one step")
+            t = torch.from_numpy(host).to(device)
+        tables.append(t)
+    if tables[0].shape != tables[1].shape:
+        raise ValueError("log_sigma2 and inv_sigma2 must have the same length")
+    if not is_device_array(log_sigma2):
+        host_log = np.asarray(log_sigma2, dtype=np.float64)
+        if np.any(np.diff(host_log) <= 0) or np.any(np.asarray(inv_sigma2, dtype=np.float64) <= 0):
+            raise ValueError("schedule: sigma2 must be positive and increase strictly with t")
+    return tables[0], tables[1]
+
+
+def posterior_tensors(d2, n_features, log_s2, inv_s2, want_mode, want_mean, want_posterior, check=True):
+    """``posterior`` on checked torch tensors (same device, contiguous); returns tensors."""
+    torch = _torch()
+    n, k = d2.shape
+    T = int(log_s2.shape[0])
+    dev = d2.device
+    mode = torch.empty(n, dtype=torch.int32, device=dev) if want_mode else None
+    mean = torch.empty(n, dtype=torch.float64, device=dev) if want_mean else None
+    post = torch.empty((n, T), dtype=torch.float64, device=dev) if want_posterior else None
+    status = torch.zeros(1, dtype=torch.int32, device=dev)
+    if n > 0:
+        native().posterior(_ptr(d2), str(d2.dtype).removeprefix("torch."), n, k, int(n_features), _ptr(log_s2),
+                           _ptr(inv_s2), T, _ptr(mode), _ptr(mean), _ptr(post), _ptr(status), _stream_handle(d2))
+        if check:
+            _check_status(status, "posterior")
+    return mode, mean, post
+
+
+def neighbour_sqdist(queries, train, ids, want_contribution: bool = False, check: bool = True):
+    """Exact squared distances to given neighbour ids on the GPU; twin of ``_core.neighbour_sqdist``.
+
+    Parameters
+    ----------
+    queries : device array of shape (n, d), float32 or float64
+    train : device array of shape (n_train, d), same dtype
+    ids : device array of shape (n, k), int64, each in [0, n_train)
+    want_contribution : bool
+        Also return the per-feature contributions, mean over the k ids of (x_j - nbr_j)^2.
+    check : bool, default True
+        Raise ValueError on an out-of-range id (one sync).
+
+    Returns
+    -------
+    (sqdist (n, k), contribution (n, d) | None), dtype of the inputs, kind of ``queries``.
+    """
+    kind = array_kind(queries)
+    if kind == "numpy":
+        raise ValueError("queries must be a CUDA array; use dtpm_fast._core.neighbour_sqdist for host arrays")
+    torch = _torch()
+    with caller_stream(queries):
+        q = _require(as_tensor(queries), "queries", (torch.float32, torch.float64), 2)
+        x = _require(as_tensor(train), "train", (q.dtype,), 2, q.device)
+        i = _require(as_tensor(ids), "ids", (torch.int64,), 2, q.device)
+        if x.shape[1] != q.shape[1]:
+            raise ValueError(f"queries have {q.shape[1]} features but train has {x.shape[1]}")
+        if i.shape[0] != q.shape[0]:
+            raise ValueError(f"ids must have one row per query ({q.shape[0]}), got {i.shape[0]}")
+        sq, contrib = sqdist_tensors(q, x, i, want_contribution, check)
+    return to_kind(sq, kind), None if contrib is None else to_kind(contrib, kind)
+
+
+def sqdist_tensors(q, x, ids, want_contribution=False, check=True):
+    """``neighbour_sqdist`` on checked torch tensors; returns tensors."""
+    torch = _torch()
+    n, d = q.shape
+    k = ids.shape[1]
+    sq = torch.empty((n, k), dtype=q.dtype, device=q.device)
+    contrib = torch.empty((n, d), dtype=q.dtype, device=q.device) if want_contribution else None
+    status = torch.zeros(1, dtype=torch.int32, device=q.device)
+    if n > 0 and k > 0:
+        native().neighbour_sqdist(_ptr(q), _ptr(x), str(q.dtype).removeprefix("torch."), n, x.shape[0], d,
+                                  _ptr(ids), k, _ptr(sq), _ptr(contrib), _ptr(status), _stream_handle(q))
+        if check:
+            _check_status(status, "neighbour_sqdist")
+    return sq, contrib
+
+
+def smallest_per_row(values, k: int, id_offset: int = 0, diagonal_offset: int | None = None,
+                     out_values=None, out_ids=None):
+    """The k smallest entries of each row of a float32 CUDA matrix, ascending, with int64 column ids.
+
+    ``diagonal_offset=o`` skips column ``i + o`` in row ``i`` (leave-one-out). Rows with fewer
+    than k usable columns get id -1 (value NaN) in the missing places. ``out_values``/``out_ids``
+    may be strided column slices of larger buffers (row stride = their ``stride(0)``).
+    """
+    torch = _torch()
+    v = _require(as_tensor(values), "values", (torch.float32,), 2)
+    rows, cols = v.shape
+    if out_values is None:
+        out_values = torch.empty((rows, k), dtype=torch.float32, device=v.device)
+        out_ids = torch.empty((rows, k), dtype=torch.int64, device=v.device)
+    if out_values.stride(1) != 1 or out_ids.stride(1) != 1 or out_values.stride(0) != out_ids.stride(0):
+        raise ValueError("out_values and out_ids must share a row stride and have unit column stride")
+    if rows > 0:
+        native().smallest_per_row(_ptr(v), rows, cols, cols, k, id_offset, diagonal_offset is not None,
+                                  diagonal_offset or 0, _ptr(out_values), _ptr(out_ids), out_values.stride(0),
+                                  _stream_handle(v))
+    return out_values, out_ids
+
+
+# ---- neighbour search on the device ----------------------------------------------------------
+def faiss_gpu_available() -> bool:
+    """True when the installed faiss was built with GPU support and sees a GPU."""
+    try:
+        import faiss
+    except ImportError:
+        return False
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _n_candidates(k: int, n_available: int) -> int:
+    """Candidates re-ranked exactly: k plus a margin against float32 rounding of the norm expansion."""
+    return min(n_available, max(k + _CANDIDATE_MARGIN, 2 * k))
+
+
+def _drop_self(ids, first_row: int):
+    """Remove each row's own id (or the last candidate when absent): the leave-one-out rule."""
+    torch = _torch()
+    rows = torch.arange(first_row, first_row + ids.shape[0], device=ids.device)
+    is_self = ids == rows[:, None]
+    absent = ~is_self.any(dim=1)
+    is_self[absent, -1] = True
+    return ids[~is_self].view(ids.shape[0], ids.shape[1] - 1)
+
+
+class BruteForceSearch:
+    """Exact k-NN on the GPU with torch: chunked matrix products, row selection, exact re-ranking.
+
+    The training rows are kept as ``[-2 x, ||x||^2, 0...]`` so one plain float32 matrix product
+    against ``[q, 1, 0...]`` gives ``||x||^2 - 2 q.x`` (the query norm does not change the
+    ranking). Each block of scores is written once and read once by ``smallest_per_row``; the
+    candidates (k plus a margin) are then re-ranked with exact explicit-difference distances.
+    TF32 matrix products (``torch.backends.cuda.matmul.allow_tf32``) make the candidate scores
+    coarser; the margin absorbs most of it, but keep TF32 off for exact results.
+
+    Parameters
+    ----------
+    train : torch.Tensor of shape (n_train, d), float32, CUDA
+    memory_budget : int
+        Bytes for one block of float32 scores (rows x training rows); bounds the working memory.
+    """
+
+    def __init__(self, train, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        torch = _torch()
+        self.train = train
+        n, d = train.shape
+        width = (d + 1 + 3) // 4 * 4  # 16-byte aligned rows for the GEMM
+        aug = torch.zeros((n, width), dtype=torch.float32, device=train.device)
+        aug[:, :d] = -2.0 * train
+        aug[:, d] = (train * train).sum(dim=1)
+        self._train_aug = aug
+        self._width = width
+        self.memory_budget = int(memory_budget)
+        if self.memory_budget < 4 * 1024:
+            raise ValueError(f"memory_budget must be at least 4096 bytes, got {memory_budget}")
+
+    def _chunks(self, n_queries: int) -> tuple[int, int]:
+        n_train = self.train.shape[0]
+        cells = self.memory_budget // 4
+        cols = min(n_train, max(1, cells // _MIN_QUERY_ROWS))
+        rows = max(1, min(n_queries, cells // cols))
+        return rows, cols
+
+    def search(self, Q, k: int, leave_one_out_from: int | None = None):
+        """Exact k nearest training rows of each query.
+
+        Parameters
+        ----------
+        Q : torch.Tensor of shape (n, d), float32, CUDA, C-contiguous
+        k : int
+        leave_one_out_from : int, optional
+            Query row i is training row ``leave_one_out_from + i`` and must not be its own neighbour.
+
+        Returns
+        -------
+        (sqdist float32 (n, k), ids int64 (n, k)) tensors, ascending exact distances.
+        """
+        torch = _torch()
+        _cuda = native()
+        n, d = Q.shape
+        n_train = self.train.shape[0]
+        available = n_train - (1 if leave_one_out_from is not None else 0)
+        if k > available:
+            raise ValueError(f"k={k} neighbours requested but only {available} training rows are available")
+        n_cand = _n_candidates(k, available)
+        use_kernel = n_cand <= _cuda.smallest_per_row_max_k()
+        rows, cols = self._chunks(n)
+        n_col_chunks = math.ceil(n_train / cols)
+        out_sq = torch.empty((n, k), dtype=torch.float32, device=Q.device)
+        out_ids = torch.empty((n, k), dtype=torch.int64, device=Q.device)
+        q_aug = torch.zeros((min(rows, n), self._width), dtype=torch.float32, device=Q.device)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            qa = q_aug[: r1 - r0]
+            qa[:, :d] = Q[r0:r1]
+            qa[:, d] = 1.0
+            cand_val = torch.empty((r1 - r0, n_col_chunks * n_cand), dtype=torch.float32, device=Q.device)
+            cand_ids = torch.empty_like(cand_val, dtype=torch.int64)
+            for c, c0 in enumerate(range(0, n_train, cols)):
+                c1 = min(n_train, c0 + cols)
+                scores = qa @ self._train_aug[c0:c1].T
+                diag = None if leave_one_out_from is None else leave_one_out_from + r0 - c0
+                slot = slice(c * n_cand, (c + 1) * n_cand)
+                if use_kernel:
+                    smallest_per_row(scores, n_cand, c0, diag, cand_val[:, slot], cand_ids[:, slot])
+                else:
+                    self._topk_fallback(scores, n_cand, c0, diag, cand_val[:, slot], cand_ids[:, slot])
+            if n_col_chunks > 1:  # NaN marks empty slots and sorts last
+                _, pos = torch.topk(cand_val, n_cand, dim=1, largest=False, sorted=True)
+                cand_ids = cand_ids.gather(1, pos)
+            exact, _ = sqdist_tensors(Q[r0:r1], self.train, cand_ids.contiguous(), check=False)
+            exact_sorted, pos = torch.sort(exact, dim=1, stable=True)
+            out_sq[r0:r1] = exact_sorted[:, :k]
+            out_ids[r0:r1] = cand_ids.gather(1, pos[:, :k])
+        return out_sq, out_ids
+
+    @staticmethod
+    def _topk_fallback(scores, n_cand, col_offset, diag, out_val, out_ids):
+        """torch.topk for candidate counts beyond the selection kernel (k > 64)."""
+        torch = _torch()
+        rows, cols = scores.shape
+        if diag is not None:
+            r = torch.arange(rows, device=scores.device)
+            keep = (r + diag >= 0) & (r + diag < cols)
+            scores[r[keep], r[keep] + diag] = float("inf")
+        usable = min(n_cand, cols)
+        val, idx = torch.topk(scores, usable, dim=1, largest=False, sorted=True)
+        out_val[:, :usable] = val
+        out_ids[:, :usable] = idx + col_offset
+        if diag is not None:  # the excluded column may have come back when a row had too few others
+            excluded = idx == (torch.arange(rows, device=scores.device)[:, None] + diag)
+            out_val[:, :usable][excluded] = float("nan")
+            out_ids[:, :usable][excluded] = -1
+        out_val[:, usable:] = float("nan")
+        out_ids[:, usable:] = -1
+
+
+class FaissGpuSearch:
+    """Candidate search with a FAISS GPU index (flat, exact; or IVF, approximate), then exact re-ranking.
+
+    Only built when ``faiss_gpu_available()``. FAISS's GPU k-selection is limited to
+    k <= 2048 (and nprobe <= 2048): larger values raise ValueError.
+    """
+
+    def __init__(self, train, kind: str = "flat", nlist: int | None = None, nprobe: int = 8):
+        import faiss
+        import faiss.contrib.torch_utils  # noqa: F401  (lets indexes take torch CUDA tensors)
+
+        self.train = train
+        n, d = train.shape
+        device = train.device.index or 0
+        self._res = faiss.StandardGpuResources()
+        if kind == "flat":
+            cfg = faiss.GpuIndexFlatConfig()
+            cfg.device = device
+            self.index = faiss.GpuIndexFlatL2(self._res, d, cfg)
+        elif kind == "ivf":
+            if nprobe > FAISS_GPU_MAX_K:
+                raise ValueError(f"nprobe={nprobe} exceeds FAISS's GPU limit of {FAISS_GPU_MAX_K}")
+            cfg = faiss.GpuIndexIVFFlatConfig()
+            cfg.device = device
+            nlist = nlist or max(1, int(4 * math.sqrt(n)))
+            self.index = faiss.GpuIndexIVFFlat(self._res, d, nlist, faiss.METRIC_L2, cfg)
+            self.index.train(train)
+            self.index.nprobe = nprobe
+        else:
+            raise ValueError(f"FAISS GPU index kind must be 'flat' or 'ivf', got {kind!r}")
+        self.index.add(train)
+        self.exact = kind == "flat"
+        self._exact = None  # brute force, built on first need
+
+    def search(self, Q, k: int, leave_one_out_from: int | None = None):
+        """Same contract as ``BruteForceSearch.search``."""
+        torch = _torch()
+        n_train = self.train.shape[0]
+        extra = 1 if leave_one_out_from is not None else 0
+        if k > n_train - extra:
+            raise ValueError(f"k={k} neighbours requested but only {n_train - extra} training rows are available")
+        n_cand = _n_candidates(k, n_train - extra) + extra
+        if n_cand > FAISS_GPU_MAX_K:
+            raise ValueError(
+                f"FAISS GPU search supports at most k={FAISS_GPU_MAX_K} (asked {n_cand} candidates incl. the "
+                "re-ranking margin); use fewer neighbours or search='torch'"
+            )
+        import faiss.contrib.torch_utils as tu
+
+        stream = getattr(tu, "using_stream", None)
+        ctx = stream(self._res) if stream is not None else contextlib.nullcontext()
+        with ctx:
+            _, ids = self.index.search(Q, n_cand)
+        if (ids < 0).any():  # IVF came back short: exact candidates for those rows (self included)
+            rows = torch.nonzero((ids < 0).any(dim=1)).flatten()
+            if self._exact is None:
+                self._exact = BruteForceSearch(self.train)
+            ids[rows] = self._exact.search(Q[rows].contiguous(), n_cand)[1]
+        if extra:
+            ids = _drop_self(ids, leave_one_out_from)
+        exact_sq, _ = sqdist_tensors(Q, self.train, ids.contiguous(), check=False)
+        exact_sorted, pos = torch.sort(exact_sq, dim=1, stable=True)
+        return exact_sorted[:, :k].contiguous(), ids.gather(1, pos[:, :k])
+
+
+# ---- the detector's GPU state ----------------------------------------------------------------
+SEARCH_KINDS = ("auto", "torch", "faiss")
+
+
+class NonParametricEngine:
+    """The fitted state of ``DTPMNonParametric`` on one GPU, and its scoring.
+
+    Holds the standardised training rows, the standardiser statistics and the grid tables on
+    the device; queries are standardised, searched and scored there. Host (NumPy) queries are
+    uploaded ``batch_size`` rows at a time and the results come back as NumPy; device queries
+    (torch or CuPy) give device results of the same kind on the caller's stream.
+
+    Parameters
+    ----------
+    train : ndarray of shape (n_train, d), float32
+        Standardised training rows (the detector keeps this host copy for saving).
+    scaler_mean, scaler_scale : ndarray of shape (d,), float64
+        The standardiser; queries get ``(X - mean) / scale`` in float32 like on the CPU.
+    log_sigma2, inv_sigma2 : ndarray of shape (T,), float64
+        The posterior grid.
+    n_neighbors : int
+    device : str or torch.device, default "cuda"
+    search : {"auto", "torch", "faiss"}
+        "auto" uses FAISS GPU when available, else the torch brute force.
+    batch_size : int
+        Query rows standardised, searched and scored at a time.
+    memory_budget : int, optional
+        Bytes of one block of search scores (default 2 GiB, at most a quarter of free memory).
+    """
+
+    def __init__(self, train, scaler_mean, scaler_scale, log_sigma2, inv_sigma2, n_neighbors: int,
+                 device="cuda", search: str = "auto", batch_size: int = 65536, memory_budget: int | None = None):
+        torch = _torch()
+        if search not in SEARCH_KINDS:
+            raise ValueError(f"search must be one of {SEARCH_KINDS}, got {search!r}")
+        dev = torch.device(device)
+        if dev.type != "cuda":
+            raise ValueError(f"device must be a CUDA device, got {device!r}")
+        self.device = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+        self.n_neighbors = int(n_neighbors)
+        self.batch_size = int(batch_size)
+        self.n_features = int(train.shape[1])
+        self.train = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).to(self.device)
+        self._mean = torch.from_numpy(np.asarray(scaler_mean, dtype=np.float64)).to(self.device)
+        self._scale = torch.from_numpy(np.asarray(scaler_scale, dtype=np.float64)).to(self.device)
+        self.log_sigma2, self.inv_sigma2 = device_grid(log_sigma2, inv_sigma2, self.device)
+        self.T = int(self.log_sigma2.shape[0])
+        if search == "faiss" and not faiss_gpu_available():
+            raise ValueError("search='faiss' needs faiss with GPU support (faiss-gpu); use search='torch'")
+        self.search_kind = "faiss" if search == "faiss" or (search == "auto" and faiss_gpu_available()) else "torch"
+        if self.search_kind == "faiss":
+            self._search = FaissGpuSearch(self.train)
+        else:
+            if memory_budget is None:
+                free, _ = torch.cuda.mem_get_info(self.device)
+                memory_budget = max(1 << 20, min(DEFAULT_MEMORY_BUDGET, free // 4))
+            self._search = BruteForceSearch(self.train, memory_budget)
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def _as_device_matrix(self, X, name: str = "X"):
+        """A device array as a float32 (n, d) tensor (no copy when already so), checked like check_matrix."""
+        torch = _torch()
+        t = as_tensor(X)
+        if t.device != self.device:
+            raise ValueError(f"{name} is on {t.device} but the detector was fitted on {self.device}; move it there")
+        if t.is_complex():
+            raise ValueError(f"{name} must be real-valued, got complex dtype {t.dtype}.")
+        if t.ndim != 2:
+            hint = " Reshape a single sample with X.reshape(1, -1)." if t.ndim == 1 else ""
+            raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {t.ndim}-D.{hint}")
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"{name} is empty: shape {tuple(t.shape)}; need at least one row and one feature.")
+        if t.shape[1] != self.n_features:
+            raise ValueError(f"{name} has {t.shape[1]} features, but the detector was fitted with {self.n_features}.")
+        t = t.to(torch.float32).contiguous()
+        finite = torch.isfinite(t).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            raise ValueError(
+                f"{name} contains NaN or infinity in {bad.numel()} row(s) (first: row {int(bad[0])}); "
+                "impute or drop them before scoring."
+            )
+        return t
+
+    def _standardize(self, t):
+        """(X - mean) / scale in float32, the CPU Standardizer's arithmetic on float32 input."""
+        return ((t - self._mean.to(t.dtype)) / self._scale.to(t.dtype)).contiguous()
+
+    def _batches(self, X, standardized: bool):
+        """Yield (start, stop, standardised float32 batch on the device) over X (host or device)."""
+        torch = _torch()
+        on_device = is_device_array(X)
+        n = X.shape[0]
+        for start in range(0, n, self.batch_size):
+            stop = min(n, start + self.batch_size)
+            if on_device:
+                batch = X[start:stop]
+            else:
+                batch = torch.from_numpy(np.ascontiguousarray(X[start:stop], dtype=np.float32)).to(self.device)
+            yield start, stop, batch if standardized else self._standardize(batch)
+
+    # ---- scoring -----------------------------------------------------------------------------
+    def score_rows(self, X, want_mode=True, want_mean=True, want_posterior=False, standardized=False,
+                   leave_one_out=False):
+        """Mode int32 (n,), mean float64 (n,), posterior float64 (n, T) tensors on the device (or None).
+
+        ``X`` is a checked float32 host array (C-contiguous) or a tensor from ``_as_device_matrix``.
+        ``leave_one_out`` means X is the training set itself, row i excluded from its own neighbours.
+        """
+        torch = _torch()
+        n = X.shape[0]
+        mode = torch.empty(n, dtype=torch.int32, device=self.device) if want_mode else None
+        mean = torch.empty(n, dtype=torch.float64, device=self.device) if want_mean else None
+        post = torch.empty((n, self.T), dtype=torch.float64, device=self.device) if want_posterior else None
+        for start, stop, Q in self._batches(X, standardized):
+            sq, _ = self._search.search(Q, self.n_neighbors, start if leave_one_out else None)
+            m, mu, p = posterior_tensors(sq, self.n_features, self.log_sigma2, self.inv_sigma2, want_mode,
+                                         want_mean, want_posterior, check=False)  # finite inputs: no NaN
+            for out, part in ((mode, m), (mean, mu), (post, p)):
+                if out is not None:
+                    out[start:stop] = part
+        return mode, mean, post
+
+    def train_scores(self):
+        """Leave-one-out (mode, mean) of the training rows, as NumPy int32 / float64 arrays."""
+        mode, mean, _ = self.score_rows(self.train, standardized=True, leave_one_out=True)
+        return mode.cpu().numpy(), mean.cpu().numpy()
+
+    def _run(self, X, fn):
+        """Apply ``fn(checked X)`` on the caller's stream and return results as the kind of X."""
+        kind = array_kind(X)
+        with caller_stream(X):
+            checked = self._as_device_matrix(X) if kind != "numpy" else X
+            out = fn(checked)
+        return to_kind(out, kind)
+
+    def decision_function(self, X, score: str = "mean"):
+        """Scores float64 (n,): posterior mean or mode of t; NumPy for NumPy input, else device."""
+
+        def run(x):
+            mode, mean, _ = self.score_rows(x, want_mode=score == "mode", want_mean=score == "mean")
+            return mean if score == "mean" else mode.to(_torch().float64)
+
+        return self._run(X, run)
+
+    def posterior(self, X):
+        """Posterior float64 (n, T), rows summing to 1; NumPy for NumPy input, else device."""
+        return self._run(X, lambda x: self.score_rows(x, False, False, True)[2])
+
+    def explain(self, X):
+        """Per-feature contributions float32 (n, d) in standardised units; rows sum to D2."""
+        torch = _torch()
+
+        def run(x):
+            out = torch.empty((x.shape[0], self.n_features), dtype=torch.float32, device=self.device)
+            for start, stop, Q in self._batches(x, standardized=False):
+                _, ids = self._search.search(Q, self.n_neighbors)
+                out[start:stop] = sqdist_tensors(Q, self.train, ids, want_contribution=True, check=False)[1]
+            return out
+
+        return self._run(X, run)
