@@ -1,22 +1,10 @@
 #include "dtpm/dtpm.hpp"
-#include "simd_dispatch.hpp"
 
 #ifndef DTPM_VERSION
 #error "DTPM_VERSION must be defined by the build"
 #endif
 
 namespace dtpm {
-
-std::string active_simd() {
-#if DTPM_HAS_SIMD_CLONES
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
-  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2, FMA)";
-  return "x86-64 baseline (SSE2)";
-#else
-  return "compiler auto-vectorisation only (no runtime dispatch)";
-#endif
-}
 
 BuildInfo build_info() {
   BuildInfo info;
@@ -33,7 +21,7 @@ BuildInfo build_info() {
 #ifdef _OPENMP
   info.openmp = true;
 #endif
-  info.simd = active_simd();
+  info.simd = active_isa();
   return info;
 }
 

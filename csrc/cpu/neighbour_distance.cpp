@@ -29,18 +29,15 @@ void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t
       }
       const Real* x = train + id * d;
       double total = 0.0;
+#pragma omp simd reduction(+ : total)
+      for (int64_t f = 0; f < d; ++f) {
+        const Real diff = q[f] - x[f];
+        total += static_cast<double>(diff * diff);
+      }
       if (contrib) {
         for (int64_t f = 0; f < d; ++f) {
           const Real diff = q[f] - x[f];
-          const Real sq = diff * diff;
-          total += sq;
-          contrib[f] += sq * inv_k;
-        }
-      } else {
-#pragma omp simd reduction(+ : total)
-        for (int64_t f = 0; f < d; ++f) {
-          const Real diff = q[f] - x[f];
-          total += static_cast<double>(diff * diff);
+          contrib[f] += diff * diff * inv_k;
         }
       }
       sqdist[i * k + j] = static_cast<Real>(total);

@@ -60,9 +60,12 @@ struct BuildInfo {
   std::string version;
   std::string compiler;
   bool openmp = false;
-  std::string simd;  ///< Instruction sets the posterior kernel can dispatch to.
+  std::string simd;  ///< The instruction set the posterior kernel dispatches to (active_isa()).
 };
 BuildInfo build_info();
+
+/// The instruction set the posterior kernel dispatches to on this CPU, e.g. "x86-64-v4 (AVX-512)".
+std::string active_isa();
 
 /// Threads the OpenMP kernels use (1 without OpenMP).
 int max_threads();

@@ -1,0 +1,121 @@
+"""The native kernels against the NumPy oracles, on random inputs including odd sizes."""
+
+import numpy as np
+import pytest
+from oracles import neighbour_sqdist_oracle, posterior_oracle
+
+from dtpm_fast import _core
+from dtpm_fast.schedule import PosteriorGrid
+
+GRID = PosteriorGrid.for_steps(300)
+
+
+def random_sqdist(rng, n, k, d):
+    """Squared distances spanning the whole grid: per-row scale from 1e-5 to 10 per feature."""
+    scale = np.exp(rng.uniform(np.log(1e-5), np.log(10.0), size=(n, 1)))
+    return rng.gamma(2.0, 0.5, size=(n, k)) * d * scale
+
+
+def run_posterior(sq, d, grid=GRID, full=True):
+    return _core.posterior(sq, d, grid.log_sigma2, grid.inv_sigma2, True, True, full)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 3, 97, 511, 512, 513, 2049, 5000])
+@pytest.mark.parametrize("d", [3, 4, 21, 100])
+def test_posterior_matches_oracle(dtype, n, d):
+    rng = np.random.default_rng(n * 1000 + d)
+    sq = random_sqdist(rng, n, 5, d).astype(dtype)
+    mode, mean, post = run_posterior(sq, d)
+    o_mode, o_mean, o_post = posterior_oracle(sq, d)
+    # float32 exp and sums: means agree to ~1e-6 relative of the range 0..299
+    np.testing.assert_allclose(mean, o_mean, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(post, o_post, rtol=0, atol=1e-6)
+    assert np.abs(mode - o_mode).max() <= 1
+    assert (mode == o_mode).mean() >= 0.999
+    np.testing.assert_allclose(post.sum(axis=1), 1.0, atol=1e-9)
+    # the windowed mean (no full posterior) equals the full-grid mean
+    _, windowed_mean, none = _core.posterior(sq, d, GRID.log_sigma2, GRID.inv_sigma2, False, True, False)
+    assert none is None
+    np.testing.assert_allclose(windowed_mean, mean, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7])
+def test_posterior_any_k(k):
+    rng = np.random.default_rng(k)
+    sq = random_sqdist(rng, 200, k, 8)
+    mode, mean, _ = run_posterior(sq, 8, full=False)
+    o_mode, o_mean, _ = posterior_oracle(sq, 8)
+    np.testing.assert_allclose(mean, o_mean, atol=2e-3)
+    assert np.abs(mode - o_mode).max() <= 1
+
+
+def test_posterior_other_grid_sizes():
+    for T in (2, 3, 400):
+        grid = PosteriorGrid.for_steps(T)
+        sq = random_sqdist(np.random.default_rng(T), 300, 5, 10)
+        mode, mean, post = run_posterior(sq, 10, grid)
+        o_mode, o_mean, _ = posterior_oracle(sq, 10, T)
+        np.testing.assert_allclose(mean, o_mean, atol=2e-3)
+        assert np.abs(mode - o_mode).max() <= 1
+        assert post.shape == (300, T)
+
+
+def test_posterior_degenerate_rows():
+    sq = np.array([[0.0, 0.0], [-1e-7, 0.0], [np.inf, 1.0], [1e30, 1e30]], dtype=np.float64)
+    mode, mean, post = run_posterior(sq, 6)
+    assert list(mode[:3]) == [0, 0, 299] and list(mean[:3]) == [0.0, 0.0, 299.0]
+    assert post[0, 0] == 1.0 and post[2, 299] == 1.0
+    assert mode[3] == 299 and np.isfinite(mean).all() and np.isfinite(post).all()
+
+
+def test_posterior_rejects_bad_input():
+    sq = np.ones((4, 5))
+    with pytest.raises(ValueError, match="NaN"):
+        run_posterior(np.array([[1.0, np.nan]]), 6)
+    with pytest.raises(ValueError, match="n_features must be > 2"):
+        run_posterior(sq, 2)
+    with pytest.raises(ValueError, match="at least one neighbour"):
+        run_posterior(np.ones((4, 0)), 6)
+    with pytest.raises(ValueError, match="2-D"):
+        run_posterior(np.ones(4), 6)
+    with pytest.raises(ValueError, match="same length"):
+        _core.posterior(sq, 6, GRID.log_sigma2, GRID.inv_sigma2[:-1])
+    with pytest.raises(ValueError, match="increase"):
+        _core.posterior(sq, 6, GRID.log_sigma2[::-1].copy(), GRID.inv_sigma2[::-1].copy())
+
+
+def test_posterior_empty_input():
+    mode, mean, post = run_posterior(np.zeros((0, 5), dtype=np.float32), 6)
+    assert mode.shape == (0,) and mean.shape == (0,) and post.shape == (0, 300)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,k,d", [(1, 1, 3), (3, 5, 7), (97, 5, 33), (1000, 4, 64)])
+def test_neighbour_sqdist_matches_oracle(dtype, n, k, d):
+    rng = np.random.default_rng(n + k + d)
+    train = rng.standard_normal((150, d)).astype(dtype)
+    queries = rng.standard_normal((n, d)).astype(dtype)
+    ids = rng.integers(0, 150, size=(n, k))
+    sq, contrib = _core.neighbour_sqdist(queries, train, ids, True)
+    o_sq, o_contrib = neighbour_sqdist_oracle(queries, train, ids)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert sq.dtype == dtype and contrib.dtype == dtype
+    np.testing.assert_allclose(sq, o_sq, rtol=tol)
+    np.testing.assert_allclose(contrib, o_contrib, rtol=tol, atol=tol)
+    sq_only, none = _core.neighbour_sqdist(queries, train, ids, False)
+    assert none is None
+    np.testing.assert_array_equal(sq_only, sq)
+
+
+def test_neighbour_sqdist_rejects_bad_ids_and_shapes():
+    train = np.zeros((10, 3), dtype=np.float32)
+    queries = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="row 1 has a neighbour id outside"):
+        _core.neighbour_sqdist(queries, train, np.array([[0], [10]]))
+    with pytest.raises(ValueError, match="outside"):
+        _core.neighbour_sqdist(queries, train, np.array([[-1], [0]]))
+    with pytest.raises(ValueError, match="features"):
+        _core.neighbour_sqdist(np.zeros((2, 4), dtype=np.float32), train, np.zeros((2, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="one row per query"):
+        _core.neighbour_sqdist(queries, train, np.zeros((3, 1), dtype=np.int64))
