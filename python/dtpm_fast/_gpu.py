@@ -506,10 +506,15 @@ class NonParametricEngine:
         Query rows standardised, searched and scored at a time.
     memory_budget : int, optional
         Bytes of one block of search scores (default 2 GiB, at most a quarter of free memory).
+    faiss_index : {"flat", "ivf"}, default "flat"
+        The FAISS GPU index when FAISS is used ("ivf" is approximate, its candidates re-ranked).
+    faiss_params : dict, optional
+        ``nlist`` and ``nprobe`` for "ivf".
     """
 
     def __init__(self, train, scaler_mean, scaler_scale, log_sigma2, inv_sigma2, n_neighbors: int,
-                 device="cuda", search: str = "auto", batch_size: int = 65536, memory_budget: int | None = None):
+                 device="cuda", search: str = "auto", batch_size: int = 65536, memory_budget: int | None = None,
+                 faiss_index: str = "flat", faiss_params: dict | None = None):
         torch = _torch()
         if search not in SEARCH_KINDS:
             raise ValueError(f"search must be one of {SEARCH_KINDS}, got {search!r}")
@@ -529,7 +534,8 @@ class NonParametricEngine:
             raise ValueError("search='faiss' needs faiss with GPU support (faiss-gpu); use search='torch'")
         self.search_kind = "faiss" if search == "faiss" or (search == "auto" and faiss_gpu_available()) else "torch"
         if self.search_kind == "faiss":
-            self._search = FaissGpuSearch(self.train)
+            params = faiss_params or {}
+            self._search = FaissGpuSearch(self.train, faiss_index, params.get("nlist"), params.get("nprobe", 8))
         else:
             if memory_budget is None:
                 free, _ = torch.cuda.mem_get_info(self.device)

@@ -42,7 +42,10 @@ class DTPMNonParametric(BaseDetector):
     contamination : float in (0, 0.5], default 0.1
         Expected outlier share; sets ``threshold_`` by the training-score percentile.
     device : {"auto", "cpu", "cuda"}, default "auto"
-        Where scoring runs; "cuda" without a usable GPU raises ValueError.
+        Where scoring runs; "cuda" without a usable GPU raises ValueError. On the GPU the search
+        is exact whatever ``index`` says (FAISS GPU when installed, else a torch brute force),
+        device arrays (torch, CuPy) are scored without leaving the device, and the fitted state
+        is kept on the host too, so the detector saves and loads like a CPU one.
     batch_size : int, default 65536
         Query rows searched and scored at a time; bounds the working memory.
 
@@ -112,8 +115,10 @@ class DTPMNonParametric(BaseDetector):
         self.n_features_in_ = d
         self.index_kind_ = neighbours.resolve_kind(self.index, n, d)
         self._index_params = neighbours.resolve_params(self.index_kind_, self.index_params)
-        self._index = neighbours.build_index(self.index_kind_, self._train, self._index_params)
         self._gpu = self._gpu_engine()
+        # On the GPU the search is exact on the device; the host index only serves CPU scoring.
+        self._index = None if self._gpu is not None else neighbours.build_index(
+            self.index_kind_, self._train, self._index_params)
         if self._gpu is not None:
             mode, mean = self._gpu.train_scores()
         else:
@@ -176,7 +181,9 @@ class DTPMNonParametric(BaseDetector):
         grid = self._grid
         return _gpu.NonParametricEngine(self._train, self._scaler.mean, self._scaler.scale, grid.log_sigma2,
                                         grid.inv_sigma2, self.n_neighbors, device=self._device,
-                                        batch_size=self.batch_size)
+                                        batch_size=self.batch_size,
+                                        faiss_index="ivf" if self.index_kind_ == "ivf" else "flat",
+                                        faiss_params=self._index_params)
 
     def _neighbour_batches(self, X: np.ndarray, standardized: bool = False, leave_one_out: bool = False):
         """Yield (start, stop, standardised batch, candidate ids) over X in ``batch_size`` rows."""
@@ -234,7 +241,7 @@ class DTPMNonParametric(BaseDetector):
                 "threshold": self.threshold_}
         arrays = {"train": self._train, "scaler_mean": self._scaler.mean, "scaler_scale": self._scaler.scale,
                   "decision_scores": self.decision_scores_}
-        index_bytes = self._index.to_bytes()
+        index_bytes = self._index.to_bytes() if self._index is not None else None
         blobs = {"index": index_bytes} if index_bytes is not None else {}
         return meta, arrays, blobs
 
@@ -254,9 +261,9 @@ class DTPMNonParametric(BaseDetector):
             raise ValueError("saved state is inconsistent: training rows do not match n_features_in")
         self.index_kind_ = meta["index_kind"]
         self._index_params = neighbours.resolve_params(self.index_kind_, meta["index_params"])
-        self._index = neighbours.build_index(self.index_kind_, self._train, self._index_params,
-                                             serialized=blobs.get("index"))
         self._gpu = self._gpu_engine()
+        self._index = None if self._gpu is not None else neighbours.build_index(
+            self.index_kind_, self._train, self._index_params, serialized=blobs.get("index"))
         self.decision_scores_ = np.asarray(arrays["decision_scores"], dtype=np.float64)
         self.threshold_ = float(meta["threshold"])
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
