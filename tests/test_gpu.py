@@ -261,18 +261,26 @@ def test_faiss_gpu_search_matches_brute_force(torch):
 
 
 # ---- the detector, CPU against GPU ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cardio(request):
-    shared = request.getfixturevalue("shared_dir")
-    with np.load(shared / "reference" / "golden_dte_np.npz") as data:
-        return data["6_cardio/X_train"], data["6_cardio/X_test"]
+@pytest.fixture(scope="module", params=["synthetic", "cardio"])
+def train_test(request):
+    """(X_train, X_test): synthetic clusters (always there) and ADBench cardio (from ../shared)."""
+    if request.param == "cardio":
+        shared = request.getfixturevalue("shared_dir")
+        with np.load(shared / "reference" / "golden_dte_np.npz") as data:
+            return data["6_cardio/X_train"], data["6_cardio/X_test"]
+    rng = np.random.default_rng(7)
+    centres = rng.normal(0.0, 4.0, size=(5, 21))
+    X = centres[rng.integers(0, 5, 1500)] + rng.standard_normal((1500, 21))
+    X[300:306] = X[306]  # seven equal training rows: D2 = 0 in their leave-one-out scores
+    test = np.vstack([X[:300] + 0.1 * rng.standard_normal((300, 21)), rng.normal(0.0, 8.0, (50, 21))])
+    return X[300:].astype(np.float32) * 10 + 3, test.astype(np.float32) * 10 + 3
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
 @pytest.mark.parametrize("score", ["mean", "mode"])
-def test_detector_on_gpu_matches_cpu(torch, cardio, score):
-    X_train, X_test = cardio
+def test_detector_on_gpu_matches_cpu(torch, train_test, score):
+    X_train, X_test = train_test
     cpu = DTPMNonParametric(score=score, device="cpu", batch_size=97).fit(X_train)
     gpu = DTPMNonParametric(score=score, device="cuda", batch_size=97).fit(X_train)
     assert gpu._gpu is not None and cpu._gpu is None
