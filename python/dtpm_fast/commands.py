@@ -218,6 +218,7 @@ def _register_score(subparsers) -> None:
 
 
 def run_score(args) -> int:
+    streaming._require_pyarrow()
     import pyarrow as pa
 
     from dtpm_fast import persistence

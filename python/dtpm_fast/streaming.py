@@ -32,10 +32,14 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
+
+try:  # optional: `pip install "dtpm-fast[io]"`; file_format works without it
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+except ImportError:  # pragma: no cover - exercised only without pyarrow
+    pa = pc = pa_csv = pq = None
 
 __all__ = [
     "BadRowError",
@@ -171,6 +175,7 @@ def open_reader(
     BatchReader
         Iterable of :class:`FeatureBatch`; ``reader.bad_rows`` counts skipped rows.
     """
+    _require_pyarrow()
     if on_bad_row not in ON_BAD_ROW_CHOICES:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW_CHOICES}, got {on_bad_row!r}")
     if int(batch_rows) < 1:
@@ -186,6 +191,11 @@ def open_reader(
         batch_rows=int(batch_rows),
         on_bad_row=on_bad_row,
     )
+
+
+def _require_pyarrow() -> None:
+    if pa is None:
+        raise ImportError('reading and writing Parquet/CSV needs pyarrow: pip install "dtpm-fast[io]"')
 
 
 class BatchReader:
@@ -557,6 +567,7 @@ class TableWriter:
     """
 
     def __init__(self, path: str, fmt: str, schema: pa.Schema):
+        _require_pyarrow()
         if fmt == "parquet":
             self._writer = pq.ParquetWriter(path, schema, compression="snappy")
         elif fmt == "csv":
