@@ -19,7 +19,7 @@ import dtpm_fast
 from dtpm_fast import DTPMNonParametric, _core, _device, _gpu
 from dtpm_fast.schedule import PosteriorGrid
 
-from oracles import knn_sqdist_oracle, neighbour_sqdist_oracle
+from oracles import knn_sqdist_oracle, neighbour_sqdist_oracle, posterior_oracle
 
 CUDA_USABLE, CUDA_REASON = _device.cuda_status()
 
@@ -116,6 +116,8 @@ def test_posterior_kernel_matches_host(torch, dtype, n, k, d):
     _assert_modes_agree(mode.cpu().numpy(), want_mode)
     np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(post.cpu().numpy(), want_post, atol=1e-6)
+    _, oracle_mean, _ = posterior_oracle(sq, d)
+    np.testing.assert_allclose(mean.cpu().numpy(), oracle_mean, rtol=1e-4, atol=1e-4)
     # mode/mean alone take the windowed one-thread-per-row kernel
     mode2, mean2, none = _gpu.posterior(torch.from_numpy(sq).cuda(), d, grid.log_sigma2, grid.inv_sigma2)
     assert none is None
@@ -231,7 +233,7 @@ def test_brute_force_search_is_exact(torch, d, k, budget, leave_one_out):
     sq, ids = sq.cpu().numpy(), ids.cpu().numpy()
     np.testing.assert_allclose(sq, knn_sqdist_oracle(queries, train, k, leave_one_out), rtol=1e-5, atol=1e-5)
     want, _ = _core.neighbour_sqdist(queries, train, ids, False)
-    np.testing.assert_array_equal(sq, want)  # the ids really are at those distances
+    np.testing.assert_allclose(sq, want, rtol=1e-6)  # the ids really are at those distances
     if leave_one_out:
         assert not (ids == np.arange(600)[:, None]).any()
     else:

@@ -96,8 +96,8 @@ int64_t smallest_per_row_max_k();
 /// @param[in]  exclude_diagonal  When true, row r skips column r + diagonal_offset (leave-one-out).
 /// @param[in]  diagonal_offset   See exclude_diagonal.
 /// @param[out] out_values  [rows, out_ld] first k columns written (device memory).
-/// @param[out] out_ids     [rows, out_ld] int64 ids, -1 where the row had fewer than k columns
-///                         (device memory).
+/// @param[out] out_ids     [rows, out_ld] int64 ids, -1 (value NaN) where the row had fewer
+///                         than k usable columns (device memory).
 /// @param[in]  out_ld      Leading dimension of both outputs (>= k).
 /// @param[in]  stream      Stream to launch on.
 void smallest_per_row(const float* values, int64_t rows, int64_t cols, int64_t ld, int64_t k,

@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
         if (lane == 0) {
-          out_values[r * out_ld + round] = c == kEmpty ? INFINITY : v;
+          out_values[r * out_ld + round] = c == kEmpty ? NAN : v;  // NaN: sorts after every real value
           out_ids[r * out_ld + round] = c == kEmpty ? -1 : id_offset + c;
           winner = c;
         }

@@ -87,8 +87,10 @@ def caller_stream(x):
         import cupy
 
         torch = _torch()
-        t = as_tensor(x)
-        stream = torch.cuda.ExternalStream(cupy.cuda.get_current_stream().ptr, device=t.device)
+        device = as_tensor(x).device
+        ptr = cupy.cuda.get_current_stream().ptr
+        # ptr 0 is CuPy's default (legacy null) stream, which is torch's default stream too
+        stream = torch.cuda.ExternalStream(ptr, device=device) if ptr else torch.cuda.default_stream(device)
         with torch.cuda.stream(stream):
             yield
     else:
@@ -161,7 +163,7 @@ def posterior(sqdist, n_features: int, log_sigma2, inv_sigma2, want_mode: bool =
         log_s2, inv_s2 = device_grid(log_sigma2, inv_sigma2, d2.device)
         mode, mean, post = posterior_tensors(d2, n_features, log_s2, inv_s2, want_mode, want_mean,
                                              want_posterior, check)
-    return tuple(None if t is None else to_kind(t, kind) for t in (mode, mean, post))
+        return tuple(None if t is None else to_kind(t, kind) for t in (mode, mean, post))
 
 
 def device_grid(log_sigma2, inv_sigma2, device):
@@ -234,7 +236,7 @@ def neighbour_sqdist(queries, train, ids, want_contribution: bool = False, check
         if i.shape[0] != q.shape[0]:
             raise ValueError(f"ids must have one row per query ({q.shape[0]}), got {i.shape[0]}")
         sq, contrib = sqdist_tensors(q, x, i, want_contribution, check)
-    return to_kind(sq, kind), None if contrib is None else to_kind(contrib, kind)
+        return to_kind(sq, kind), None if contrib is None else to_kind(contrib, kind)
 
 
 def sqdist_tensors(q, x, ids, want_contribution=False, check=True):
@@ -383,10 +385,13 @@ class BruteForceSearch:
                     smallest_per_row(scores, n_cand, c0, diag, cand_val[:, slot], cand_ids[:, slot])
                 else:
                     self._topk_fallback(scores, n_cand, c0, diag, cand_val[:, slot], cand_ids[:, slot])
+                del scores  # free this block before the next one is allocated: peak = one budget
             if n_col_chunks > 1:  # NaN marks empty slots and sorts last
                 _, pos = torch.topk(cand_val, n_cand, dim=1, largest=False, sorted=True)
                 cand_ids = cand_ids.gather(1, pos)
-            exact, _ = sqdist_tensors(Q[r0:r1], self.train, cand_ids.contiguous(), check=False)
+            cand_ids = cand_ids.contiguous()
+            exact, _ = sqdist_tensors(Q[r0:r1], self.train, cand_ids, check=False)
+            exact.masked_fill_(cand_ids < 0, float("inf"))  # empty slots (never among the first k)
             exact_sorted, pos = torch.sort(exact, dim=1, stable=True)
             out_sq[r0:r1] = exact_sorted[:, :k]
             out_ids[r0:r1] = cand_ids.gather(1, pos[:, :k])
@@ -617,8 +622,7 @@ class NonParametricEngine:
         kind = array_kind(X)
         with caller_stream(X):
             checked = self._as_device_matrix(X) if kind != "numpy" else X
-            out = fn(checked)
-        return to_kind(out, kind)
+            return to_kind(fn(checked), kind)
 
     def decision_function(self, X, score: str = "mean"):
         """Scores float64 (n,): posterior mean or mode of t; NumPy for NumPy input, else device."""
