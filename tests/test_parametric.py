@@ -237,49 +237,54 @@ _FRESH_PROCESS_SCORER = textwrap.dedent(
     import json, sys
     import numpy as np
     import torch
-    path, fmt, x_path, out_path = sys.argv[1:5]
-    x = torch.from_numpy(np.load(x_path))
-    if fmt == "torchscript":
+    x = torch.from_numpy(np.load(sys.argv[1]))
+    metas = {}
+    for path in sys.argv[2:]:
         extra = {"dtpm_meta.json": ""}
-        module = torch.jit.load(path, _extra_files=extra)
-        meta = json.loads(extra["dtpm_meta.json"])
-    else:
-        extra = {"dtpm_meta.json": ""}
-        module = torch.export.load(path, extra_files=extra).module()
-        meta = json.loads(extra["dtpm_meta.json"])
-    with torch.inference_mode():
-        scores = module(x).numpy()
-        single = module(x[:1]).numpy()
-    assert single.shape == (1,)
+        if path.endswith(".pt"):
+            module = torch.jit.load(path, _extra_files=extra)
+        else:
+            module = torch.export.load(path, extra_files=extra).module()
+        with torch.inference_mode():
+            scores = module(x).numpy()
+            single = module(x[:1]).numpy()
+        assert single.shape == (1,), single.shape
+        np.save(path + ".scores.npy", scores)
+        metas[path] = json.loads(extra["dtpm_meta.json"])
     assert not any(name.startswith("dtpm_fast") for name in sys.modules), "dtpm_fast was imported"
-    np.save(out_path, scores)
-    print(json.dumps(meta))
+    print(json.dumps(metas))
     """
 )
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
-def test_export_scores_identically_in_a_fresh_process_without_dtpm_fast(tmp_path, fitted, data, fmt):
-    _, X_test, _ = data
-    path = tmp_path / f"model.{fmt}"
-    fitted.export(path, format=fmt)
+def test_exports_score_identically_in_a_fresh_process_without_dtpm_fast(tmp_path, data):
+    """Both kinds x both formats, scored by plain torch.jit.load / torch.export.load in one fresh process."""
+    import dtpm_fast
+
+    X_train, X_test, _ = data
+    models = {kind: DETECTORS[kind](random_state=0, epochs=3).fit(X_train) for kind in DETECTORS}
+    paths = {}
+    for kind, model in models.items():
+        for fmt, suffix in (("torchscript", ".pt"), ("pt2", ".pt2")):
+            paths[kind, fmt] = str(tmp_path / f"{kind}{suffix}")
+            model.export(paths[kind, fmt], format=fmt)
     np.save(tmp_path / "x.npy", X_test)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS_SCORER, str(path), fmt, str(tmp_path / "x.npy"),
-         str(tmp_path / "scores.npy")],
+        [sys.executable, "-c", _FRESH_PROCESS_SCORER, str(tmp_path / "x.npy"), *paths.values()],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
     )
-    meta = json.loads(result.stdout.strip().splitlines()[-1])
-    scores = np.load(tmp_path / "scores.npy")
-    np.testing.assert_allclose(scores, fitted.decision_function(X_test), rtol=1e-5, atol=1e-5)
-    assert meta["kind"] == fitted._kind and meta["export_format"] == fmt
-    assert meta["n_features"] == 6 and meta["T"] == 100
-    assert meta["num_bins"] == (5 if fitted._kind == "categorical" else None)
-    assert meta["threshold"] == pytest.approx(fitted.threshold_)
-    import dtpm_fast
-
-    assert meta["version"] == dtpm_fast.__version__
+    metas = json.loads(result.stdout.strip().splitlines()[-1])
+    for (kind, fmt), path in paths.items():
+        model = models[kind]
+        scores = np.load(path + ".scores.npy")
+        np.testing.assert_allclose(scores, model.decision_function(X_test), rtol=1e-5, atol=1e-5)
+        meta = metas[path]
+        assert meta["kind"] == kind and meta["export_format"] == fmt
+        assert meta["n_features"] == 6 and meta["T"] == 100
+        assert meta["num_bins"] == (5 if kind == "categorical" else None)
+        assert meta["threshold"] == pytest.approx(model.threshold_)
+        assert meta["version"] == dtpm_fast.__version__
 
 
 def test_export_rejects_an_unknown_format(fitted, tmp_path):
@@ -370,6 +375,27 @@ def test_load_exported_rejects_wrong_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- persistence hooks
+
+
+def test_top_level_names_save_load_and_pickle(tmp_path, data):
+    """dtpm_fast.DTPMCategorical is the same class; save/load and pickle go through the state hooks."""
+    import pickle
+
+    import dtpm_fast
+
+    assert dtpm_fast.DTPMCategorical is DTPMCategorical and dtpm_fast.DTPMInverseGamma is DTPMInverseGamma
+    X_train, X_test, _ = data
+    model = DETECTORS["inverse_gamma"](random_state=0, epochs=2).fit(X_train)
+    model.save(tmp_path / "model.dtpm")
+    loaded = dtpm_fast.load(tmp_path / "model.dtpm")
+    assert type(loaded) is DTPMInverseGamma and loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.decision_function(X_test), model.decision_function(X_test))
+    unpickled = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(unpickled.decision_function(X_test), model.decision_function(X_test))
+    model.export(tmp_path / "model.pt2", format="pt2")
+    scorer = dtpm_fast.load(tmp_path / "model.pt2")
+    assert isinstance(scorer, ExportedScorer)
+    np.testing.assert_allclose(scorer.decision_function(X_test), model.decision_function(X_test), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", sorted(DETECTORS))
