@@ -253,13 +253,16 @@ def test_brute_force_search_refuses_too_many_neighbours(torch):
 @pytest.mark.skipif(not (CUDA_USABLE and _gpu.faiss_gpu_available()), reason="needs faiss with GPU support")
 def test_faiss_gpu_search_matches_brute_force(torch):
     rng = np.random.default_rng(3)
-    train = torch.from_numpy(rng.standard_normal((2000, 16)).astype(np.float32)).cuda()
+    train = torch.from_numpy(rng.standard_normal((3000, 16)).astype(np.float32)).cuda()
     q = train[:100].contiguous()
-    want = _gpu.BruteForceSearch(train).search(q, 5, 0)
-    got = _gpu.FaissGpuSearch(train).search(q, 5, 0)
-    torch.testing.assert_close(got[0], want[0])
-    with pytest.raises(ValueError, match="2048"):
-        _gpu.FaissGpuSearch(train).search(q, 2100)
+    for loo in (None, 0):
+        want = _gpu.BruteForceSearch(train).search(q, 5, loo)
+        got = _gpu.FaissGpuSearch(train).search(q, 5, loo)
+        torch.testing.assert_close(got[0], want[0])
+    search = _gpu.FaissGpuSearch(train)
+    assert search.search(q, 2048)[0].shape == (100, 2048)
+    with pytest.raises(ValueError, match="at most k=2048"):
+        search.search(q, 2048, leave_one_out_from=0)
 
 
 # ---- the detector, CPU against GPU ---------------------------------------------------------------

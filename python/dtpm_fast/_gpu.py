@@ -419,7 +419,10 @@ class BruteForceSearch:
 
 
 class FaissGpuSearch:
-    """Candidate search with a FAISS GPU index (flat, exact; or IVF, approximate), then exact re-ranking.
+    """Candidate search with FAISS on the GPU, then exact re-ranking.
+
+    "flat": ``faiss.knn_gpu`` brute force over the training tensor (exact, no index copy);
+    "ivf": ``GpuIndexIVFFlat`` (approximate; rows it leaves short are searched exactly).
 
     Only built when ``faiss_gpu_available()``. FAISS's GPU k-selection is limited to
     k <= 2048 (and nprobe <= 2048): larger values raise ValueError.
@@ -433,11 +436,9 @@ class FaissGpuSearch:
         n, d = train.shape
         device = train.device.index or 0
         self._res = faiss.StandardGpuResources()
-        if kind == "flat":
-            cfg = faiss.GpuIndexFlatConfig()
-            cfg.device = device
-            self.index = faiss.GpuIndexFlatL2(self._res, d, cfg)
-        elif kind == "ivf":
+        self._device = device
+        self.index = None
+        if kind == "ivf":
             if nprobe > FAISS_GPU_MAX_K:
                 raise ValueError(f"nprobe={nprobe} exceeds FAISS's GPU limit of {FAISS_GPU_MAX_K}")
             cfg = faiss.GpuIndexIVFFlatConfig()
@@ -446,9 +447,9 @@ class FaissGpuSearch:
             self.index = faiss.GpuIndexIVFFlat(self._res, d, nlist, faiss.METRIC_L2, cfg)
             self.index.train(train)
             self.index.nprobe = nprobe
-        else:
+            self.index.add(train)
+        elif kind != "flat":
             raise ValueError(f"FAISS GPU index kind must be 'flat' or 'ivf', got {kind!r}")
-        self.index.add(train)
         self.exact = kind == "flat"
         self._exact = None  # brute force, built on first need
 
@@ -459,18 +460,22 @@ class FaissGpuSearch:
         extra = 1 if leave_one_out_from is not None else 0
         if k > n_train - extra:
             raise ValueError(f"k={k} neighbours requested but only {n_train - extra} training rows are available")
-        n_cand = _n_candidates(k, n_train - extra) + extra
-        if n_cand > FAISS_GPU_MAX_K:
+        if k + extra > FAISS_GPU_MAX_K:
             raise ValueError(
-                f"FAISS GPU search supports at most k={FAISS_GPU_MAX_K} (asked {n_cand} candidates incl. the "
-                "re-ranking margin); use fewer neighbours or search='torch'"
+                f"FAISS GPU search supports at most k={FAISS_GPU_MAX_K} neighbours (asked {k + extra}, "
+                "including the row itself when scoring the training set); use fewer neighbours or search='torch'"
             )
+        n_cand = min(_n_candidates(k, n_train - extra), FAISS_GPU_MAX_K - extra) + extra
+        import faiss
         import faiss.contrib.torch_utils as tu
 
         stream = getattr(tu, "using_stream", None)
         ctx = stream(self._res) if stream is not None else contextlib.nullcontext()
         with ctx:
-            _, ids = self.index.search(Q, n_cand)
+            if self.index is None:
+                _, ids = faiss.knn_gpu(self._res, Q, self.train, n_cand, device=self._device)
+            else:
+                _, ids = self.index.search(Q, n_cand)
         if (ids < 0).any():  # IVF came back short: exact candidates for those rows (self included)
             rows = torch.nonzero((ids < 0).any(dim=1)).flatten()
             if self._exact is None:
