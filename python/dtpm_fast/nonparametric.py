@@ -115,12 +115,13 @@ class DTPMNonParametric(BaseDetector):
         self.n_features_in_ = d
         self.index_kind_ = neighbours.resolve_kind(self.index, n, d)
         self._index_params = neighbours.resolve_params(self.index_kind_, self.index_params)
-        self._gpu = self._gpu_engine()
-        # On the GPU the search is exact on the device; the host index only serves CPU scoring.
-        self._index = None if self._gpu is not None else neighbours.build_index(
+        self._gpu = None
+        engine = self._engine()
+        # On the GPU the search is exact on the device; the host index is built only for CPU scoring.
+        self._index = None if engine is not None else neighbours.build_index(
             self.index_kind_, self._train, self._index_params)
-        if self._gpu is not None:
-            mode, mean = self._gpu.train_scores()
+        if engine is not None:
+            mode, mean = engine.train_scores()
         else:
             mode, mean, _ = self._score_rows(self._train, standardized=True, leave_one_out=True)
         self._set_threshold(mean if self.score == "mean" else mode.astype(np.float64))
@@ -133,8 +134,8 @@ class DTPMNonParametric(BaseDetector):
         On a CUDA detector, torch/CuPy device input gives a device array of the same kind.
         """
         X = self._checked(X)
-        if self._gpu is not None:
-            return self._gpu.decision_function(X, self.score)
+        if self._engine() is not None:
+            return self._engine().decision_function(X, self.score)
         mode, mean, _ = self._score_rows(X, want_mode=self.score == "mode",
                                          want_mean=self.score == "mean")
         return mean if self.score == "mean" else mode.astype(np.float64)
@@ -142,8 +143,8 @@ class DTPMNonParametric(BaseDetector):
     def posterior(self, X) -> np.ndarray:
         """Posterior over the diffusion time, shape (n_samples, T), float64, rows sum to 1."""
         X = self._checked(X)
-        if self._gpu is not None:
-            return self._gpu.posterior(X)
+        if self._engine() is not None:
+            return self._engine().posterior(X)
         _, _, post = self._score_rows(X, want_mode=False, want_mean=False, want_posterior=True)
         return post
 
@@ -154,8 +155,8 @@ class DTPMNonParametric(BaseDetector):
         units; a row sums to its D2, the quantity the score increases with.
         """
         X = self._checked(X)
-        if self._gpu is not None:
-            return self._gpu.explain(X)
+        if self._engine() is not None:
+            return self._engine().explain(X)
         out = np.empty(X.shape, dtype=np.float32)
         for start, stop, Q, ids in self._neighbour_batches(X):
             sq, contrib = _core.neighbour_sqdist(Q, self._train, ids, True)
@@ -168,22 +169,30 @@ class DTPMNonParametric(BaseDetector):
     # ---- internals --------------------------------------------------------------------------
     def _checked(self, X) -> np.ndarray:
         check_is_fitted(self, "_index")
-        if self._gpu is not None and _gpu.is_device_array(X):
+        if self._engine() is not None and _gpu.is_device_array(X):
             return X  # the GPU engine checks device arrays where they live
         X = check_matrix(X, "X")
         check_n_features(X, self.n_features_in_)
         return X
 
-    def _gpu_engine(self):
-        """The fitted state on the GPU when the resolved device is CUDA (else None)."""
+    def _engine(self):
+        """The fitted state on the GPU when ``_device`` is CUDA (built on first use), else None."""
         if self._device == "cpu":
             return None
-        grid = self._grid
-        return _gpu.NonParametricEngine(self._train, self._scaler.mean, self._scaler.scale, grid.log_sigma2,
-                                        grid.inv_sigma2, self.n_neighbors, device=self._device,
-                                        batch_size=self.batch_size,
-                                        faiss_index="ivf" if self.index_kind_ == "ivf" else "flat",
-                                        faiss_params=self._index_params)
+        if self._gpu is None or self._gpu_device != self._device:
+            grid = self._grid
+            self._gpu = _gpu.NonParametricEngine(
+                self._train, self._scaler.mean, self._scaler.scale, grid.log_sigma2, grid.inv_sigma2,
+                self.n_neighbors, device=self._device, batch_size=self.batch_size,
+                faiss_index="ivf" if self.index_kind_ == "ivf" else "flat", faiss_params=self._index_params)
+            self._gpu_device = self._device
+        return self._gpu
+
+    def _host_index(self):
+        """The host neighbour index (built on first use when the detector was fitted on the GPU)."""
+        if self._index is None:
+            self._index = neighbours.build_index(self.index_kind_, self._train, self._index_params)
+        return self._index
 
     def _neighbour_batches(self, X: np.ndarray, standardized: bool = False, leave_one_out: bool = False):
         """Yield (start, stop, standardised batch, candidate ids) over X in ``batch_size`` rows."""
@@ -191,7 +200,7 @@ class DTPMNonParametric(BaseDetector):
         for start in range(0, X.shape[0], self.batch_size):
             stop = min(start + self.batch_size, X.shape[0])
             Q = X[start:stop] if standardized or not self.standardize else self._scaler.transform(X[start:stop])
-            ids = self._index.search(Q, k_search)
+            ids = self._host_index().search(Q, k_search)
             if (ids < 0).any():  # an approximate index came back short: search those rows exactly
                 ids = self._fill_missing(Q, ids)
             if leave_one_out:
@@ -214,6 +223,11 @@ class DTPMNonParametric(BaseDetector):
 
     def _score_rows(self, X, standardized=False, leave_one_out=False, want_mode=True, want_mean=True,
                     want_posterior=False):
+        if self._engine() is not None:  # host (NumPy) results, like the CPU path
+            engine = self._engine()
+            X = engine._as_device_matrix(X) if _gpu.is_device_array(X) else X
+            out = engine.score_rows(X, want_mode, want_mean, want_posterior, standardized, leave_one_out)
+            return tuple(None if t is None else t.cpu().numpy() for t in out)
         n = X.shape[0]
         mode = np.empty(n, dtype=np.int32) if want_mode else None
         mean = np.empty(n, dtype=np.float64) if want_mean else None
@@ -261,8 +275,8 @@ class DTPMNonParametric(BaseDetector):
             raise ValueError("saved state is inconsistent: training rows do not match n_features_in")
         self.index_kind_ = meta["index_kind"]
         self._index_params = neighbours.resolve_params(self.index_kind_, meta["index_params"])
-        self._gpu = self._gpu_engine()
-        self._index = None if self._gpu is not None else neighbours.build_index(
+        self._gpu = None
+        self._index = None if self._engine() is not None else neighbours.build_index(
             self.index_kind_, self._train, self._index_params, serialized=blobs.get("index"))
         self.decision_scores_ = np.asarray(arrays["decision_scores"], dtype=np.float64)
         self.threshold_ = float(meta["threshold"])
