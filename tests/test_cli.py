@@ -324,3 +324,21 @@ def test_atomic_output_removes_the_temporary_file_on_error(tmp_path):
                 handle.write("half")
             raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
+
+
+def test_progress_line_shows_rows_rate_and_eta(capsys):
+    from dtpm_fast.commands import Progress
+
+    class Reader:
+        progress_total, progress_done = 1000, 250
+
+    progress = Progress(Reader(), enabled=True, interval=0.0)
+    progress.update(250, force=True)
+    progress.finish()
+    err = capsys.readouterr().err
+    assert err.startswith("\r250 rows") and "rows/s" in err and "25.0%" in err and "ETA 0:" in err
+    assert err.endswith("\n")
+    silent = Progress(Reader(), enabled=False)
+    silent.update(250, force=True)
+    silent.finish()
+    assert capsys.readouterr().err == ""
