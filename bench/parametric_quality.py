@@ -70,6 +70,9 @@ def run_one(dataset: str, seed: int, variant: str, epochs: int) -> dict:
         "auc_roc": 100.0 * roc_auc_score(y_test, scores), "fit_s": fit_s,
         "n_train": int(X_train.shape[0]), "n_test": int(X_test.shape[0]), "d": int(X_train.shape[1]),
         "final_loss": float(model.loss_history_[-1]), "threads": torch.get_num_threads(),
+        # Records without this field were trained with nn.Dropout (bernoulli masks), before the
+        # switch to the same-distribution UniformMaskDropout; both are the authors' recipe.
+        "dropout_impl": "uniform-mask",
     }
 
 

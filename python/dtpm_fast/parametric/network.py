@@ -30,10 +30,32 @@ def build_mlp(n_features: int, hidden_sizes: Sequence[int], n_outputs: int, drop
         # In place: the Linear output is not needed by autograd (addmm keeps its input).
         layers.append(nn.ReLU(inplace=True))
         if i > 0 and dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(UniformMaskDropout(dropout))
         width_in = width
     layers.append(nn.Linear(width_in, n_outputs))
     return nn.Sequential(*layers)
+
+
+class UniformMaskDropout(nn.Module):
+    """Inverted dropout (keep with probability 1 - p, scale by 1 / (1 - p)), identity in eval mode.
+
+    Same distribution as ``nn.Dropout``, but the mask comes from ``torch.rand_like``: on the
+    CPU, ``bernoulli_`` (what ``nn.Dropout`` uses) was ~3x slower than a uniform draw for the
+    64 x 512 activations here and took a quarter of each training step.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand_like(x) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class _Standardized(nn.Module):
