@@ -12,13 +12,11 @@ from __future__ import annotations
 import importlib.util
 import pickle
 
+import dtpm_fast
 import numpy as np
 import pytest
-
-import dtpm_fast
 from dtpm_fast import DTPMNonParametric, _core, _device, _gpu
 from dtpm_fast.schedule import PosteriorGrid
-
 from oracles import knn_sqdist_oracle, neighbour_sqdist_oracle, posterior_oracle
 
 CUDA_USABLE, CUDA_REASON = _device.cuda_status()
@@ -110,9 +108,12 @@ def test_posterior_kernel_matches_host(torch, dtype, n, k, d):
     rng = np.random.default_rng(n * 1000 + d)
     sq = _random_sqdist(rng, n, k, d, dtype)
     grid = PosteriorGrid.for_steps(300)
-    want_mode, want_mean, want_post = _core.posterior(sq, d, grid.log_sigma2, grid.inv_sigma2, True, True, True)
-    mode, mean, post = _gpu.posterior(torch.from_numpy(sq).cuda(), d, grid.log_sigma2, grid.inv_sigma2,
-                                      True, True, True)
+    want_mode, want_mean, want_post = _core.posterior(
+        sq, d, grid.log_sigma2, grid.inv_sigma2, True, True, True
+    )
+    mode, mean, post = _gpu.posterior(
+        torch.from_numpy(sq).cuda(), d, grid.log_sigma2, grid.inv_sigma2, True, True, True
+    )
     _assert_modes_agree(mode.cpu().numpy(), want_mode)
     np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(post.cpu().numpy(), want_post, atol=1e-6)
@@ -147,7 +148,9 @@ def test_posterior_kernel_edge_cases(torch):
     assert mode.tolist() == [0, 299] and mean.tolist() == [0.0, 299.0]
     assert post[0, 0].item() == 1.0 and post[1, 299].item() == 1.0 and post.sum().item() == 2.0
     with pytest.raises(ValueError, match="NaN"):
-        _gpu.posterior(torch.tensor([[1.0, float("nan")]], device="cuda"), 10, grid.log_sigma2, grid.inv_sigma2)
+        _gpu.posterior(
+            torch.tensor([[1.0, float("nan")]], device="cuda"), 10, grid.log_sigma2, grid.inv_sigma2
+        )
     with pytest.raises(ValueError, match="n_features must be > 2"):
         _gpu.posterior(torch.ones((2, 2), device="cuda"), 2, grid.log_sigma2, grid.inv_sigma2)
     with pytest.raises(ValueError, match="C-contiguous"):
@@ -167,8 +170,12 @@ def test_neighbour_sqdist_kernel_matches_host(torch, dtype, d, n, k):
     queries = rng.standard_normal((n, d)).astype(dtype)
     ids = rng.integers(0, 50, size=(n, k), dtype=np.int64)
     want_sq, want_contrib = _core.neighbour_sqdist(queries, train, ids, True)
-    sq, contrib = _gpu.neighbour_sqdist(torch.from_numpy(queries).cuda(), torch.from_numpy(train).cuda(),
-                                        torch.from_numpy(ids).cuda(), want_contribution=True)
+    sq, contrib = _gpu.neighbour_sqdist(
+        torch.from_numpy(queries).cuda(),
+        torch.from_numpy(train).cuda(),
+        torch.from_numpy(ids).cuda(),
+        want_contribution=True,
+    )
     rtol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(sq.cpu().numpy(), want_sq, rtol=rtol)
     np.testing.assert_allclose(contrib.cpu().numpy(), want_contrib, rtol=rtol, atol=1e-7)
@@ -207,7 +214,7 @@ def test_smallest_per_row_matches_stable_sort(torch, rows, cols, k):
 def test_smallest_per_row_skips_diagonal_and_treats_nan_as_inf(torch):
     values = np.arange(40, dtype=np.float32).reshape(4, 10)
     values[2, 4] = np.nan
-    v, i = _gpu.smallest_per_row(torch.from_numpy(values).cuda(), 10, id_offset=100, diagonal_offset=1)
+    _, i = _gpu.smallest_per_row(torch.from_numpy(values).cuda(), 10, id_offset=100, diagonal_offset=1)
     ids = i.cpu().numpy()
     for r in range(4):
         assert 100 + r + 1 not in ids[r, :9]
@@ -289,8 +296,10 @@ def test_detector_on_gpu_matches_cpu(torch, train_test, score):
     cpu = DTPMNonParametric(score=score, device="cpu", batch_size=97).fit(X_train)
     gpu = DTPMNonParametric(score=score, device="cuda", batch_size=97).fit(X_train)
     assert gpu._gpu is not None and cpu._gpu is None
-    for got, want in ((gpu.decision_scores_, cpu.decision_scores_),
-                      (gpu.decision_function(X_test), cpu.decision_function(X_test))):
+    for got, want in (
+        (gpu.decision_scores_, cpu.decision_scores_),
+        (gpu.decision_function(X_test), cpu.decision_function(X_test)),
+    ):
         assert isinstance(got, np.ndarray) and got.dtype == np.float64
         if score == "mean":
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

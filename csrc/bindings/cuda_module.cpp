@@ -35,11 +35,13 @@ void posterior(std::uintptr_t sqdist, const std::string& dtype, int64_t n, int64
   const dc::DeviceSchedule schedule{as_ptr<const double>(log_sigma2), as_ptr<const double>(inv_sigma2), T};
   py::gil_scoped_release release;
   if (real == Real::f32)
-    dc::posterior_scores<float>(as_ptr<const float>(sqdist), n, k, n_features, schedule, as_ptr<int32_t>(mode),
-                                as_ptr<double>(mean), as_ptr<double>(posterior), as_ptr<int32_t>(status), stream);
+    dc::posterior_scores<float>(as_ptr<const float>(sqdist), n, k, n_features, schedule,
+                                as_ptr<int32_t>(mode), as_ptr<double>(mean), as_ptr<double>(posterior),
+                                as_ptr<int32_t>(status), stream);
   else
-    dc::posterior_scores<double>(as_ptr<const double>(sqdist), n, k, n_features, schedule, as_ptr<int32_t>(mode),
-                                 as_ptr<double>(mean), as_ptr<double>(posterior), as_ptr<int32_t>(status), stream);
+    dc::posterior_scores<double>(as_ptr<const double>(sqdist), n, k, n_features, schedule,
+                                 as_ptr<int32_t>(mode), as_ptr<double>(mean), as_ptr<double>(posterior),
+                                 as_ptr<int32_t>(status), stream);
 }
 
 void neighbour_sqdist(std::uintptr_t queries, std::uintptr_t train, const std::string& dtype, int64_t n,
@@ -49,8 +51,8 @@ void neighbour_sqdist(std::uintptr_t queries, std::uintptr_t train, const std::s
   py::gil_scoped_release release;
   if (real == Real::f32)
     dc::neighbour_sqdist<float>(as_ptr<const float>(queries), n, as_ptr<const float>(train), n_train, d,
-                                as_ptr<const int64_t>(ids), k, as_ptr<float>(sqdist), as_ptr<float>(contribution),
-                                as_ptr<int32_t>(status), stream);
+                                as_ptr<const int64_t>(ids), k, as_ptr<float>(sqdist),
+                                as_ptr<float>(contribution), as_ptr<int32_t>(status), stream);
   else
     dc::neighbour_sqdist<double>(as_ptr<const double>(queries), n, as_ptr<const double>(train), n_train, d,
                                  as_ptr<const int64_t>(ids), k, as_ptr<double>(sqdist),
@@ -59,7 +61,8 @@ void neighbour_sqdist(std::uintptr_t queries, std::uintptr_t train, const std::s
 
 void smallest_per_row(std::uintptr_t values, int64_t rows, int64_t cols, int64_t ld, int64_t k,
                       int64_t id_offset, bool exclude_diagonal, int64_t diagonal_offset,
-                      std::uintptr_t out_values, std::uintptr_t out_ids, int64_t out_ld, std::uintptr_t stream) {
+                      std::uintptr_t out_values, std::uintptr_t out_ids, int64_t out_ld,
+                      std::uintptr_t stream) {
   py::gil_scoped_release release;
   dc::smallest_per_row(as_ptr<const float>(values), rows, cols, ld, k, id_offset, exclude_diagonal,
                        diagonal_offset, as_ptr<float>(out_values), as_ptr<int64_t>(out_ids), out_ld, stream);

@@ -101,7 +101,7 @@ int64_t smallest_per_row_max_k();
 /// @param[in]  out_ld      Leading dimension of both outputs (>= k).
 /// @param[in]  stream      Stream to launch on.
 void smallest_per_row(const float* values, int64_t rows, int64_t cols, int64_t ld, int64_t k,
-                      int64_t id_offset, bool exclude_diagonal, int64_t diagonal_offset,
-                      float* out_values, int64_t* out_ids, int64_t out_ld, StreamHandle stream);
+                      int64_t id_offset, bool exclude_diagonal, int64_t diagonal_offset, float* out_values,
+                      int64_t* out_ids, int64_t out_ld, StreamHandle stream);
 
 }  // namespace dtpm::cuda

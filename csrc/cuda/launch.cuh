@@ -19,7 +19,8 @@ inline int device_of(const void* ptr, const char* name) {
   const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
   if (err != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free error so later calls do not report it
-    throw std::invalid_argument(std::string(name) + " is not a CUDA pointer (" + cudaGetErrorString(err) + ")");
+    throw std::invalid_argument(std::string(name) + " is not a CUDA pointer (" + cudaGetErrorString(err) +
+                                ")");
   }
   if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
     throw std::invalid_argument(std::string(name) +
@@ -30,8 +31,9 @@ inline int device_of(const void* ptr, const char* name) {
 /// Checks an optional pointer lives on `device`.
 inline void require_on(int device, const void* ptr, const char* name) {
   if (ptr != nullptr && device_of(ptr, name) != device)
-    throw std::invalid_argument(std::string(name) + " is on CUDA device " + std::to_string(device_of(ptr, name)) +
-                                " but the inputs are on device " + std::to_string(device));
+    throw std::invalid_argument(std::string(name) + " is on CUDA device " +
+                                std::to_string(device_of(ptr, name)) + " but the inputs are on device " +
+                                std::to_string(device));
 }
 
 /// Makes `device` current for the guard's lifetime (the caller's arrays may be on another GPU).

@@ -26,8 +26,7 @@ __global__ void __launch_bounds__(kThreads)
                             Real* __restrict__ sqdist, Real* __restrict__ contribution, int32_t* status) {
   const int lane = threadIdx.x % G;
   // The G lanes of a group always share the same query, hence the same trip counts.
-  const unsigned group_mask =
-      G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x % 32) / G * G));
+  const unsigned group_mask = G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x % 32) / G * G));
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (blockDim.x / G);
   const Real inv_k = Real(1) / static_cast<Real>(k);
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G; i < n; i += groups) {
@@ -52,7 +51,8 @@ __global__ void __launch_bounds__(kThreads)
         total += static_cast<double>(sq);
         if (contrib) contrib[f] += sq * inv_k;  // each lane owns its features: no race
       }
-      for (int offset = G / 2; offset > 0; offset /= 2) total += __shfl_xor_sync(group_mask, total, offset, G);
+      for (int offset = G / 2; offset > 0; offset /= 2)
+        total += __shfl_xor_sync(group_mask, total, offset, G);
       if (lane == 0) sqdist[i * k + j] = static_cast<Real>(total);
     }
   }
@@ -64,8 +64,8 @@ void launch(const Real* queries, int64_t n, const Real* train, int64_t n_train, 
   const int64_t queries_per_block = kThreads / G;
   const int blocks = detail::grid_blocks(neighbour_sqdist_kernel<Real, G>, kThreads, 0,
                                          (n + queries_per_block - 1) / queries_per_block);
-  neighbour_sqdist_kernel<Real, G><<<blocks, kThreads, 0, stream>>>(queries, n, train, n_train, d, ids, k, sqdist,
-                                                                     contribution, status);
+  neighbour_sqdist_kernel<Real, G>
+      <<<blocks, kThreads, 0, stream>>>(queries, n, train, n_train, d, ids, k, sqdist, contribution, status);
   CHECK_CUDA(cudaGetLastError());
 }
 
@@ -100,7 +100,7 @@ void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t
 
 template void neighbour_sqdist<float>(const float*, int64_t, const float*, int64_t, int64_t, const int64_t*,
                                       int64_t, float*, float*, int32_t*, StreamHandle);
-template void neighbour_sqdist<double>(const double*, int64_t, const double*, int64_t, int64_t, const int64_t*,
-                                       int64_t, double*, double*, int32_t*, StreamHandle);
+template void neighbour_sqdist<double>(const double*, int64_t, const double*, int64_t, int64_t,
+                                       const int64_t*, int64_t, double*, double*, int32_t*, StreamHandle);
 
 }  // namespace dtpm::cuda

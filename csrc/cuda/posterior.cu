@@ -32,9 +32,7 @@ struct GridView {
   const double* B;  // nullptr: compute boundaries on the fly (large T, global memory)
   int64_t T;
 
-  __device__ double boundary(int64_t t) const {
-    return B ? B[t] : (L[t + 1] - L[t]) / (I[t] - I[t + 1]);
-  }
+  __device__ double boundary(int64_t t) const { return B ? B[t] : (L[t + 1] - L[t]) / (I[t] - I[t + 1]); }
   __device__ double log_density(int64_t t, double c, double b) const { return -c * L[t] - b * I[t]; }
 };
 
@@ -91,8 +89,9 @@ __device__ int64_t grid_mode(const GridView& g, double b, double c) {
 template <typename Real>
 __global__ void __launch_bounds__(kThreads)
     mode_mean_kernel(const Real* __restrict__ sqdist, int64_t n, int64_t k, double c,
-                     const double* __restrict__ L_g, const double* __restrict__ I_g, int64_t T, bool use_shared,
-                     int32_t* __restrict__ mode, double* __restrict__ mean, int32_t* status) {
+                     const double* __restrict__ L_g, const double* __restrict__ I_g, int64_t T,
+                     bool use_shared, int32_t* __restrict__ mode, double* __restrict__ mean,
+                     int32_t* status) {
   const GridView g = load_grid(L_g, I_g, T, use_shared);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -109,7 +108,8 @@ __global__ void __launch_bounds__(kThreads)
     const double f_peak = g.log_density(m, c, b);
     const double floor_f = f_peak - kWindowNats;
     const int64_t lo = partition_point(0, m, [&](int64_t t) { return g.log_density(t, c, b) < floor_f; });
-    const int64_t hi = partition_point(m + 1, T, [&](int64_t t) { return g.log_density(t, c, b) >= floor_f; });
+    const int64_t hi =
+        partition_point(m + 1, T, [&](int64_t t) { return g.log_density(t, c, b) >= floor_f; });
     float sum_w = 0.0f, sum_tw = 0.0f;
     for (int64_t t = lo; t < hi; ++t) {
       const float w = __expf(static_cast<float>(g.log_density(t, c, b) - f_peak));
@@ -190,7 +190,8 @@ void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_featur
   detail::require_on(device, mean, "mean");
   detail::require_on(device, posterior, "posterior");
   detail::require_on(device, status, "status");
-  if (!schedule.log_sigma2 || !schedule.inv_sigma2) throw std::invalid_argument("posterior_scores: null schedule");
+  if (!schedule.log_sigma2 || !schedule.inv_sigma2)
+    throw std::invalid_argument("posterior_scores: null schedule");
   detail::DeviceGuard guard(device);
 
   const int64_t T = schedule.T;
@@ -202,21 +203,21 @@ void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_featur
     const int64_t rows_per_block = kThreads / kWarp;
     const int blocks = detail::grid_blocks(full_posterior_kernel<Real>, kThreads, shared_bytes,
                                            (n + rows_per_block - 1) / rows_per_block);
-    full_posterior_kernel<Real><<<blocks, kThreads, shared_bytes, s>>>(
-        sqdist, n, k, c, schedule.log_sigma2, schedule.inv_sigma2, T, use_shared, mode, mean, posterior, status);
+    full_posterior_kernel<Real><<<blocks, kThreads, shared_bytes, s>>>(sqdist, n, k, c, schedule.log_sigma2,
+                                                                       schedule.inv_sigma2, T, use_shared,
+                                                                       mode, mean, posterior, status);
   } else {
     const int blocks =
         detail::grid_blocks(mode_mean_kernel<Real>, kThreads, shared_bytes, (n + kThreads - 1) / kThreads);
-    mode_mean_kernel<Real><<<blocks, kThreads, shared_bytes, s>>>(sqdist, n, k, c, schedule.log_sigma2,
-                                                                  schedule.inv_sigma2, T, use_shared, mode, mean,
-                                                                  status);
+    mode_mean_kernel<Real><<<blocks, kThreads, shared_bytes, s>>>(
+        sqdist, n, k, c, schedule.log_sigma2, schedule.inv_sigma2, T, use_shared, mode, mean, status);
   }
   CHECK_CUDA(cudaGetLastError());
 }
 
-template void posterior_scores<float>(const float*, int64_t, int64_t, int64_t, const DeviceSchedule&, int32_t*,
-                                      double*, double*, int32_t*, StreamHandle);
-template void posterior_scores<double>(const double*, int64_t, int64_t, int64_t, const DeviceSchedule&, int32_t*,
-                                       double*, double*, int32_t*, StreamHandle);
+template void posterior_scores<float>(const float*, int64_t, int64_t, int64_t, const DeviceSchedule&,
+                                      int32_t*, double*, double*, int32_t*, StreamHandle);
+template void posterior_scores<double>(const double*, int64_t, int64_t, int64_t, const DeviceSchedule&,
+                                       int32_t*, double*, double*, int32_t*, StreamHandle);
 
 }  // namespace dtpm::cuda

@@ -131,12 +131,11 @@ __global__ void __launch_bounds__(kThreads)
 
 template <int KT>
 void launch(const float* values, int64_t rows, int64_t cols, int64_t ld, int k, int64_t id_offset,
-            bool exclude_diagonal, int64_t diagonal_offset, float* out_values, int64_t* out_ids, int64_t out_ld,
-            cudaStream_t stream) {
+            bool exclude_diagonal, int64_t diagonal_offset, float* out_values, int64_t* out_ids,
+            int64_t out_ld, cudaStream_t stream) {
   const int blocks = detail::grid_blocks(smallest_per_row_kernel<KT>, kThreads, 0, rows);
-  smallest_per_row_kernel<KT><<<blocks, kThreads, 0, stream>>>(values, rows, cols, ld, k, id_offset,
-                                                               exclude_diagonal, diagonal_offset, out_values,
-                                                               out_ids, out_ld);
+  smallest_per_row_kernel<KT><<<blocks, kThreads, 0, stream>>>(
+      values, rows, cols, ld, k, id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids, out_ld);
   CHECK_CUDA(cudaGetLastError());
 }
 
@@ -144,15 +143,15 @@ void launch(const float* values, int64_t rows, int64_t cols, int64_t ld, int k, 
 
 int64_t smallest_per_row_max_k() { return 64; }
 
-void smallest_per_row(const float* values, int64_t rows, int64_t cols, int64_t ld, int64_t k, int64_t id_offset,
-                      bool exclude_diagonal, int64_t diagonal_offset, float* out_values, int64_t* out_ids,
-                      int64_t out_ld, StreamHandle stream) {
+void smallest_per_row(const float* values, int64_t rows, int64_t cols, int64_t ld, int64_t k,
+                      int64_t id_offset, bool exclude_diagonal, int64_t diagonal_offset, float* out_values,
+                      int64_t* out_ids, int64_t out_ld, StreamHandle stream) {
   // The column loop runs in int; keep its look-ahead (4 * kThreads) clear of overflow.
   if (rows < 0 || cols < 1 || cols > INT_MAX - 4 * kThreads || ld < cols)
     throw std::invalid_argument("smallest_per_row: need rows >= 0, 1 <= cols < 2^31 - 1024 and ld >= cols");
   if (k < 1 || k > smallest_per_row_max_k())
-    throw std::invalid_argument("smallest_per_row: k must be in [1, " + std::to_string(smallest_per_row_max_k()) +
-                                "], got " + std::to_string(k));
+    throw std::invalid_argument("smallest_per_row: k must be in [1, " +
+                                std::to_string(smallest_per_row_max_k()) + "], got " + std::to_string(k));
   if (out_ld < k) throw std::invalid_argument("smallest_per_row: out_ld must be >= k");
   if (rows == 0) return;
   const int device = detail::device_of(values, "values");
@@ -163,11 +162,14 @@ void smallest_per_row(const float* values, int64_t rows, int64_t cols, int64_t l
   const cudaStream_t s = detail::as_stream(stream);
   const int kk = static_cast<int>(k);
   if (k <= 16)
-    launch<16>(values, rows, cols, ld, kk, id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids, out_ld, s);
+    launch<16>(values, rows, cols, ld, kk, id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids,
+               out_ld, s);
   else if (k <= 32)
-    launch<32>(values, rows, cols, ld, kk, id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids, out_ld, s);
+    launch<32>(values, rows, cols, ld, kk, id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids,
+               out_ld, s);
   else
-    launch<64>(values, rows, cols, ld, kk, id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids, out_ld, s);
+    launch<64>(values, rows, cols, ld, kk, id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids,
+               out_ld, s);
 }
 
 }  // namespace dtpm::cuda

@@ -46,7 +46,7 @@ def is_device_array(x) -> bool:
 
 
 def array_kind(x) -> str:
-    """"cupy" for CuPy arrays, "torch" for other device arrays, "numpy" for host data."""
+    """ "cupy" for CuPy arrays, "torch" for other device arrays, "numpy" for host data."""
     if not is_device_array(x):
         return "numpy"
     return "cupy" if type(x).__module__.split(".")[0] == "cupy" else "torch"
@@ -111,7 +111,9 @@ def _require(t, name: str, dtypes: tuple, ndim: int, device=None):
     if not isinstance(t, torch.Tensor) or not t.is_cuda:
         raise ValueError(f"{name} must be a CUDA array (torch or CuPy), got {type(t).__name__}")
     if t.dtype not in dtypes:
-        raise ValueError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {t.dtype}; convert it first")
+        raise ValueError(
+            f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {t.dtype}; convert it first"
+        )
     if t.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
     if not t.is_contiguous():
@@ -132,8 +134,16 @@ def _check_status(status, what: str) -> None:
 
 
 # ---- kernel wrappers -------------------------------------------------------------------------
-def posterior(sqdist, n_features: int, log_sigma2, inv_sigma2, want_mode: bool = True, want_mean: bool = True,
-              want_posterior: bool = False, check: bool = True):
+def posterior(
+    sqdist,
+    n_features: int,
+    log_sigma2,
+    inv_sigma2,
+    want_mode: bool = True,
+    want_mean: bool = True,
+    want_posterior: bool = False,
+    check: bool = True,
+):
     """Posterior over the diffusion time on the GPU; the device twin of ``_core.posterior``.
 
     Parameters
@@ -161,8 +171,9 @@ def posterior(sqdist, n_features: int, log_sigma2, inv_sigma2, want_mode: bool =
     with caller_stream(sqdist):
         d2 = _require(as_tensor(sqdist), "sqdist", (torch.float32, torch.float64), 2)
         log_s2, inv_s2 = device_grid(log_sigma2, inv_sigma2, d2.device)
-        mode, mean, post = posterior_tensors(d2, n_features, log_s2, inv_s2, want_mode, want_mean,
-                                             want_posterior, check)
+        mode, mean, post = posterior_tensors(
+            d2, n_features, log_s2, inv_s2, want_mode, want_mean, want_posterior, check
+        )
         return tuple(None if t is None else to_kind(t, kind) for t in (mode, mean, post))
 
 
@@ -199,8 +210,21 @@ def posterior_tensors(d2, n_features, log_s2, inv_s2, want_mode, want_mean, want
     post = torch.empty((n, T), dtype=torch.float64, device=dev) if want_posterior else None
     status = torch.zeros(1, dtype=torch.int32, device=dev)
     if n > 0:
-        native().posterior(_ptr(d2), str(d2.dtype).removeprefix("torch."), n, k, int(n_features), _ptr(log_s2),
-                           _ptr(inv_s2), T, _ptr(mode), _ptr(mean), _ptr(post), _ptr(status), _stream_handle(d2))
+        native().posterior(
+            _ptr(d2),
+            str(d2.dtype).removeprefix("torch."),
+            n,
+            k,
+            int(n_features),
+            _ptr(log_s2),
+            _ptr(inv_s2),
+            T,
+            _ptr(mode),
+            _ptr(mean),
+            _ptr(post),
+            _ptr(status),
+            _stream_handle(d2),
+        )
         if check:
             _check_status(status, "posterior")
     return mode, mean, post
@@ -248,15 +272,28 @@ def sqdist_tensors(q, x, ids, want_contribution=False, check=True):
     contrib = torch.empty((n, d), dtype=q.dtype, device=q.device) if want_contribution else None
     status = torch.zeros(1, dtype=torch.int32, device=q.device)
     if n > 0 and k > 0:
-        native().neighbour_sqdist(_ptr(q), _ptr(x), str(q.dtype).removeprefix("torch."), n, x.shape[0], d,
-                                  _ptr(ids), k, _ptr(sq), _ptr(contrib), _ptr(status), _stream_handle(q))
+        native().neighbour_sqdist(
+            _ptr(q),
+            _ptr(x),
+            str(q.dtype).removeprefix("torch."),
+            n,
+            x.shape[0],
+            d,
+            _ptr(ids),
+            k,
+            _ptr(sq),
+            _ptr(contrib),
+            _ptr(status),
+            _stream_handle(q),
+        )
         if check:
             _check_status(status, "neighbour_sqdist")
     return sq, contrib
 
 
-def smallest_per_row(values, k: int, id_offset: int = 0, diagonal_offset: int | None = None,
-                     out_values=None, out_ids=None):
+def smallest_per_row(
+    values, k: int, id_offset: int = 0, diagonal_offset: int | None = None, out_values=None, out_ids=None
+):
     """The k smallest entries of each row of a float32 CUDA matrix, ascending, with int64 column ids.
 
     ``diagonal_offset=o`` skips column ``i + o`` in row ``i`` (leave-one-out). Rows with fewer
@@ -272,9 +309,20 @@ def smallest_per_row(values, k: int, id_offset: int = 0, diagonal_offset: int | 
     if out_values.stride(1) != 1 or out_ids.stride(1) != 1 or out_values.stride(0) != out_ids.stride(0):
         raise ValueError("out_values and out_ids must share a row stride and have unit column stride")
     if rows > 0:
-        native().smallest_per_row(_ptr(v), rows, cols, cols, k, id_offset, diagonal_offset is not None,
-                                  diagonal_offset or 0, _ptr(out_values), _ptr(out_ids), out_values.stride(0),
-                                  _stream_handle(v))
+        native().smallest_per_row(
+            _ptr(v),
+            rows,
+            cols,
+            cols,
+            k,
+            id_offset,
+            diagonal_offset is not None,
+            diagonal_offset or 0,
+            _ptr(out_values),
+            _ptr(out_ids),
+            out_values.stride(0),
+            _stream_handle(v),
+        )
     return out_values, out_ids
 
 
@@ -430,7 +478,7 @@ class FaissGpuSearch:
 
     def __init__(self, train, kind: str = "flat", nlist: int | None = None, nprobe: int = 8):
         import faiss
-        import faiss.contrib.torch_utils  # noqa: F401  (lets indexes take torch CUDA tensors)
+        import faiss.contrib.torch_utils
 
         self.train = train
         n, d = train.shape
@@ -459,7 +507,9 @@ class FaissGpuSearch:
         n_train = self.train.shape[0]
         extra = 1 if leave_one_out_from is not None else 0
         if k > n_train - extra:
-            raise ValueError(f"k={k} neighbours requested but only {n_train - extra} training rows are available")
+            raise ValueError(
+                f"k={k} neighbours requested but only {n_train - extra} training rows are available"
+            )
         if k + extra > FAISS_GPU_MAX_K:
             raise ValueError(
                 f"FAISS GPU search supports at most k={FAISS_GPU_MAX_K} neighbours (asked {k + extra}, "
@@ -522,16 +572,30 @@ class NonParametricEngine:
         ``nlist`` and ``nprobe`` for "ivf".
     """
 
-    def __init__(self, train, scaler_mean, scaler_scale, log_sigma2, inv_sigma2, n_neighbors: int,
-                 device="cuda", search: str = "auto", batch_size: int = 65536, memory_budget: int | None = None,
-                 faiss_index: str = "flat", faiss_params: dict | None = None):
+    def __init__(
+        self,
+        train,
+        scaler_mean,
+        scaler_scale,
+        log_sigma2,
+        inv_sigma2,
+        n_neighbors: int,
+        device="cuda",
+        search: str = "auto",
+        batch_size: int = 65536,
+        memory_budget: int | None = None,
+        faiss_index: str = "flat",
+        faiss_params: dict | None = None,
+    ):
         torch = _torch()
         if search not in SEARCH_KINDS:
             raise ValueError(f"search must be one of {SEARCH_KINDS}, got {search!r}")
         dev = torch.device(device)
         if dev.type != "cuda":
             raise ValueError(f"device must be a CUDA device, got {device!r}")
-        self.device = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+        self.device = torch.device(
+            "cuda", dev.index if dev.index is not None else torch.cuda.current_device()
+        )
         self.n_neighbors = int(n_neighbors)
         self.batch_size = int(batch_size)
         self.n_features = int(train.shape[1])
@@ -542,10 +606,14 @@ class NonParametricEngine:
         self.T = int(self.log_sigma2.shape[0])
         if search == "faiss" and not faiss_gpu_available():
             raise ValueError("search='faiss' needs faiss with GPU support (faiss-gpu); use search='torch'")
-        self.search_kind = "faiss" if search == "faiss" or (search == "auto" and faiss_gpu_available()) else "torch"
+        self.search_kind = (
+            "faiss" if search == "faiss" or (search == "auto" and faiss_gpu_available()) else "torch"
+        )
         if self.search_kind == "faiss":
             params = faiss_params or {}
-            self._search = FaissGpuSearch(self.train, faiss_index, params.get("nlist"), params.get("nprobe", 8))
+            self._search = FaissGpuSearch(
+                self.train, faiss_index, params.get("nlist"), params.get("nprobe", 8)
+            )
         else:
             if memory_budget is None:
                 free, _ = torch.cuda.mem_get_info(self.device)
@@ -558,16 +626,22 @@ class NonParametricEngine:
         torch = _torch()
         t = as_tensor(X)
         if t.device != self.device:
-            raise ValueError(f"{name} is on {t.device} but the detector was fitted on {self.device}; move it there")
+            raise ValueError(
+                f"{name} is on {t.device} but the detector was fitted on {self.device}; move it there"
+            )
         if t.is_complex():
             raise ValueError(f"{name} must be real-valued, got complex dtype {t.dtype}.")
         if t.ndim != 2:
             hint = " Reshape a single sample with X.reshape(1, -1)." if t.ndim == 1 else ""
             raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {t.ndim}-D.{hint}")
         if t.shape[0] == 0 or t.shape[1] == 0:
-            raise ValueError(f"{name} is empty: shape {tuple(t.shape)}; need at least one row and one feature.")
+            raise ValueError(
+                f"{name} is empty: shape {tuple(t.shape)}; need at least one row and one feature."
+            )
         if t.shape[1] != self.n_features:
-            raise ValueError(f"{name} has {t.shape[1]} features, but the detector was fitted with {self.n_features}.")
+            raise ValueError(
+                f"{name} has {t.shape[1]} features, but the detector was fitted with {self.n_features}."
+            )
         t = t.to(torch.float32).contiguous()
         finite = torch.isfinite(t).all(dim=1)
         if not bool(finite.all()):
@@ -592,12 +666,15 @@ class NonParametricEngine:
             if on_device:
                 batch = X[start:stop]
             else:
-                batch = torch.from_numpy(np.ascontiguousarray(X[start:stop], dtype=np.float32)).to(self.device)
+                batch = torch.from_numpy(np.ascontiguousarray(X[start:stop], dtype=np.float32)).to(
+                    self.device
+                )
             yield start, stop, batch if standardized else self._standardize(batch)
 
     # ---- scoring -----------------------------------------------------------------------------
-    def score_rows(self, X, want_mode=True, want_mean=True, want_posterior=False, standardized=False,
-                   leave_one_out=False):
+    def score_rows(
+        self, X, want_mode=True, want_mean=True, want_posterior=False, standardized=False, leave_one_out=False
+    ):
         """Mode int32 (n,), mean float64 (n,), posterior float64 (n, T) tensors on the device (or None).
 
         ``X`` is a checked float32 host array (C-contiguous) or a tensor from ``_as_device_matrix``.
@@ -610,8 +687,16 @@ class NonParametricEngine:
         post = torch.empty((n, self.T), dtype=torch.float64, device=self.device) if want_posterior else None
         for start, stop, Q in self._batches(X, standardized):
             sq, _ = self._search.search(Q, self.n_neighbors, start if leave_one_out else None)
-            m, mu, p = posterior_tensors(sq, self.n_features, self.log_sigma2, self.inv_sigma2, want_mode,
-                                         want_mean, want_posterior, check=False)  # finite inputs: no NaN
+            m, mu, p = posterior_tensors(
+                sq,
+                self.n_features,
+                self.log_sigma2,
+                self.inv_sigma2,
+                want_mode,
+                want_mean,
+                want_posterior,
+                check=False,
+            )  # finite inputs: no NaN
             for out, part in ((mode, m), (mean, mu), (post, p)):
                 if out is not None:
                     out[start:stop] = part
