@@ -46,7 +46,7 @@ def is_device_array(x) -> bool:
 
 
 def array_kind(x) -> str:
-    """ "cupy" for CuPy arrays, "torch" for other device arrays, "numpy" for host data."""
+    """The kind of an array: "cupy" (CuPy), "torch" (other device arrays) or "numpy" (host data)."""
     if not is_device_array(x):
         return "numpy"
     return "cupy" if type(x).__module__.split(".")[0] == "cupy" else "torch"
