@@ -51,10 +51,9 @@ VARIANTS = {
 
 def run_one(dataset: str, seed: int, variant: str, epochs: int) -> dict:
     import torch
-    from sklearn.metrics import roc_auc_score
-
     from dtpm_fast.evaluation.protocol import load_dataset, prepare_split
     from dtpm_fast.parametric import detectors
+    from sklearn.metrics import roc_auc_score
 
     X, y = load_dataset(DATA_DIR, dataset)
     X_train, X_test, y_test = prepare_split(X, y, seed, "semi")
@@ -66,10 +65,17 @@ def run_one(dataset: str, seed: int, variant: str, epochs: int) -> dict:
     fit_s = time.perf_counter() - start
     scores = model.decision_function(X_test)
     return {
-        "dataset": dataset, "seed": seed, "variant": variant, "epochs": epochs,
-        "auc_roc": 100.0 * roc_auc_score(y_test, scores), "fit_s": fit_s,
-        "n_train": int(X_train.shape[0]), "n_test": int(X_test.shape[0]), "d": int(X_train.shape[1]),
-        "final_loss": float(model.loss_history_[-1]), "threads": torch.get_num_threads(),
+        "dataset": dataset,
+        "seed": seed,
+        "variant": variant,
+        "epochs": epochs,
+        "auc_roc": 100.0 * roc_auc_score(y_test, scores),
+        "fit_s": fit_s,
+        "n_train": int(X_train.shape[0]),
+        "n_test": int(X_test.shape[0]),
+        "d": int(X_train.shape[1]),
+        "final_loss": float(model.loss_history_[-1]),
+        "threads": torch.get_num_threads(),
         # Records without this field were trained with nn.Dropout (bernoulli masks), before the
         # switch to the same-distribution UniformMaskDropout; both are the authors' recipe.
         "dropout_impl": "uniform-mask",
@@ -142,7 +148,9 @@ def report(out: Path, epochs: int) -> str:
             f"{', '.join(below) if below else 'none'}"
         )
     ds_gap = table["C"].mean() - table["C-double-softmax"].mean()
-    checks.append(f"- logits CE minus double-softmax CE (mean AUC-ROC over the same runs): {ds_gap:+.2f} points")
+    checks.append(
+        f"- logits CE minus double-softmax CE (mean AUC-ROC over the same runs): {ds_gap:+.2f} points"
+    )
     fit = runs.groupby("variant").fit_s.median()
     checks.append("- median fit time per run (s): " + ", ".join(f"{k} {v:.1f}" for k, v in fit.items()))
     return "\n".join(lines + [""] + checks)
@@ -150,7 +158,9 @@ def report(out: Path, epochs: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON-lines results file (appended, resumable)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="JSON-lines results file (appended, resumable)"
+    )
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -161,8 +171,13 @@ def main() -> None:
         print(report(args.out, args.epochs))
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    run_all(args.out, args.datasets.split(","), [int(s) for s in args.seeds.split(",")],
-            args.variants.split(","), args.epochs)
+    run_all(
+        args.out,
+        args.datasets.split(","),
+        [int(s) for s in args.seeds.split(",")],
+        args.variants.split(","),
+        args.epochs,
+    )
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma  # noqa: E402
-from dtpm_fast.parametric.export import load_exported  # noqa: E402
-from dtpm_fast.parametric.network import build_scorer  # noqa: E402
-from dtpm_fast.parametric.training import train_network  # noqa: E402
+from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma
+from dtpm_fast.parametric.export import load_exported
+from dtpm_fast.parametric.network import build_scorer
+from dtpm_fast.parametric.training import train_network
 
 D = 21
 #: Rows scored per benchmark call (the detector chunks them in 65,536-row batches).
@@ -87,8 +87,18 @@ def test_training_epoch_time(benchmark, kind):
 
     def one_epoch():
         with warnings.catch_warnings():
-            return train_network(module.net, X, kind=kind, T=400, num_bins=7, epochs=1, batch_size=64,
-                                 lr=1e-4, weight_decay=5e-4, progress=False)
+            return train_network(
+                module.net,
+                X,
+                kind=kind,
+                T=400,
+                num_bins=7,
+                epochs=1,
+                batch_size=64,
+                lr=1e-4,
+                weight_decay=5e-4,
+                progress=False,
+            )
 
     benchmark.extra_info.update(rows=CARDIO_TRAIN_ROWS, d=D, threads=torch.get_num_threads())
     benchmark.pedantic(one_epoch, rounds=5, iterations=1, warmup_rounds=1)

@@ -18,15 +18,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dtpm_fast._validation import NotFittedError  # noqa: E402
-from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma  # noqa: E402
-from dtpm_fast.parametric.export import ExportedScorer, inspect_export, load_exported  # noqa: E402
+from dtpm_fast._validation import NotFittedError
+from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma
+from dtpm_fast.parametric.export import ExportedScorer, inspect_export, load_exported
 
 # TorchScript is deprecated by PyTorch >= 2.11 and every torch.jit call warns; the export code
 # filters exactly these warnings itself, and this marker covers the tests that call torch.jit directly.
 _JIT_DEPRECATION = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
 
-FAST = dict(hidden_sizes=(32, 32), dropout=0.1, epochs=25, batch_size=64, lr=3e-3, T=100)
+FAST = {"hidden_sizes": (32, 32), "dropout": 0.1, "epochs": 25, "batch_size": 64, "lr": 3e-3, "T": 100}
 DETECTORS = {
     "categorical": lambda **kw: DTPMCategorical(**{**FAST, "num_bins": 5, **kw}),
     "inverse_gamma": lambda **kw: DTPMInverseGamma(**{**FAST, **kw}),
@@ -131,7 +131,9 @@ def test_standardize_false_and_dataframe_input(data):
     pd = pytest.importorskip("pandas")
     X_train, X_test, _ = data
     model = DETECTORS["categorical"](random_state=0, epochs=2, standardize=False).fit(pd.DataFrame(X_train))
-    np.testing.assert_array_equal(model.decision_function(pd.DataFrame(X_test)), model.decision_function(X_test))
+    np.testing.assert_array_equal(
+        model.decision_function(pd.DataFrame(X_test)), model.decision_function(X_test)
+    )
 
 
 def test_sklearn_clone_and_params():
@@ -160,7 +162,7 @@ def test_importing_the_package_does_not_import_torch():
 
 @pytest.mark.parametrize("kind", sorted(DETECTORS))
 def test_bad_input_raises_clear_errors(kind, fitted, data):
-    X_train, X_test, _ = data
+    _, X_test, _ = data
     with pytest.raises(NotFittedError, match="not fitted"):
         DETECTORS[kind]().decision_function(X_test)
     with pytest.raises(NotFittedError):
@@ -185,19 +187,19 @@ def test_bad_input_raises_clear_errors(kind, fitted, data):
 @pytest.mark.parametrize(
     "params, match",
     [
-        (dict(T=1), "T must be"),
-        (dict(epochs=0), "epochs must be"),
-        (dict(batch_size=0), "batch_size must be"),
-        (dict(hidden_sizes=()), "hidden_sizes"),
-        (dict(hidden_sizes=(8, 0)), "hidden_sizes"),
-        (dict(dropout=1.0), "dropout"),
-        (dict(lr=0.0), "lr must be"),
-        (dict(weight_decay=-1.0), "weight_decay"),
-        (dict(contamination=0.7), "contamination"),
-        (dict(device="tpu"), "device"),
-        (dict(random_state="seed"), "random_state"),
-        (dict(num_bins=1), "num_bins"),
-        (dict(T=5, num_bins=7), "must not exceed T"),
+        ({"T": 1}, "T must be"),
+        ({"epochs": 0}, "epochs must be"),
+        ({"batch_size": 0}, "batch_size must be"),
+        ({"hidden_sizes": ()}, "hidden_sizes"),
+        ({"hidden_sizes": (8, 0)}, "hidden_sizes"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"lr": 0.0}, "lr must be"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"contamination": 0.7}, "contamination"),
+        ({"device": "tpu"}, "device"),
+        ({"random_state": "seed"}, "random_state"),
+        ({"num_bins": 1}, "num_bins"),
+        ({"T": 5, "num_bins": 7}, "must not exceed T"),
     ],
 )
 def test_bad_parameters_are_rejected_at_fit(params, match, data):
@@ -226,7 +228,8 @@ def test_cuda_training_and_scoring_matches_its_export(tmp_path, data):
     model.export(tmp_path / "m.pt2", format="pt2")
     np.testing.assert_allclose(
         load_exported(tmp_path / "m.pt2", device="cpu").decision_function(X_test),
-        model.decision_function(X_test), atol=1e-4,
+        model.decision_function(X_test),
+        atol=1e-4,
     )
 
 
@@ -272,7 +275,11 @@ def test_exports_score_identically_in_a_fresh_process_without_dtpm_fast(tmp_path
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
         [sys.executable, "-c", _FRESH_PROCESS_SCORER, str(tmp_path / "x.npy"), *paths.values()],
-        check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     )
     metas = json.loads(result.stdout.strip().splitlines()[-1])
     for (kind, fmt), path in paths.items():

@@ -99,7 +99,7 @@ def resolve_seed(random_state: Any) -> int:
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
     if isinstance(random_state, (bool, np.bool_)):
-        raise ValueError("random_state must be None, an int or a NumPy random generator, not a bool.")
+        raise ValueError("random_state must be None, an int or a NumPy random generator, not a bool.")  # noqa: TRY004 - parameters fail with ValueError project-wide
     if isinstance(random_state, (int, np.integer)):
         if random_state < 0:
             raise ValueError(f"random_state must be >= 0, got {random_state}.")
@@ -233,7 +233,9 @@ def batched_inference(
     with warnings.catch_warnings():
         # Read-only inputs (e.g. memory-mapped arrays) are only read here; torch warns
         # because it cannot express read-only tensors. Nothing writes through this view.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="The given NumPy array is not writable", category=UserWarning
+        )
         X_t = torch.from_numpy(X)
     outputs = []
     with inference_threads(n_threads), torch.inference_mode():

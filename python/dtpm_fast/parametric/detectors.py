@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dtpm_fast._torch_utils import batched_inference, require_torch, resolve_seed, resolve_torch_device, seeded_torch
+from dtpm_fast._torch_utils import (
+    batched_inference,
+    require_torch,
+    resolve_seed,
+    resolve_torch_device,
+    seeded_torch,
+)
 from dtpm_fast._validation import check_int, check_is_fitted, check_matrix, check_n_features
 from dtpm_fast.base import BaseDetector
 from dtpm_fast.standardize import Standardizer
@@ -60,7 +66,7 @@ class _ParametricDTPM(BaseDetector):
         _check_positive_float(self.lr, "lr")
         _check_positive_float(self.weight_decay, "weight_decay", allow_zero=True)
         if not isinstance(self.standardize, (bool, np.bool_)):
-            raise ValueError(f"standardize must be True or False, got {self.standardize!r}.")
+            raise ValueError(f"standardize must be True or False, got {self.standardize!r}.")  # noqa: TRY004 - parameters fail with ValueError project-wide
         self._check_contamination()
 
     def _num_bins(self) -> int | None:
@@ -88,7 +94,7 @@ class _ParametricDTPM(BaseDetector):
         if self._categorical_variant not in CATEGORICAL_LOSSES:
             raise ValueError(f"_categorical_variant must be one of {CATEGORICAL_LOSSES}")
         X = check_matrix(X, "X")
-        n, d = X.shape
+        d = X.shape[1]
         self._check_n_features_for_fit(d)
         device = resolve_torch_device(self.device)
         seed = resolve_seed(self.random_state)
@@ -96,13 +102,25 @@ class _ParametricDTPM(BaseDetector):
         X_std = torch.from_numpy(scaler.transform(X, dtype=np.float32)).to(device)
         with seeded_torch(seed, device):
             module = build_scorer(
-                self._kind, d, tuple(self.hidden_sizes), float(self.dropout), scaler.mean, scaler.scale,
+                self._kind,
+                d,
+                tuple(self.hidden_sizes),
+                float(self.dropout),
+                scaler.mean,
+                scaler.scale,
                 num_bins=self._num_bins(),
             ).to(device)
             history = train_network(
-                module.net, X_std, kind=self._kind, T=int(self.T), num_bins=self._num_bins(),
-                epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-                weight_decay=float(self.weight_decay), categorical_variant=self._categorical_variant,
+                module.net,
+                X_std,
+                kind=self._kind,
+                T=int(self.T),
+                num_bins=self._num_bins(),
+                epochs=int(self.epochs),
+                batch_size=int(self.batch_size),
+                lr=float(self.lr),
+                weight_decay=float(self.weight_decay),
+                categorical_variant=self._categorical_variant,
             )
         self._module = module.eval()
         self._torch_device = device
@@ -136,8 +154,9 @@ class _ParametricDTPM(BaseDetector):
 
     # ---- export -----------------------------------------------------------------------------
     def _export_metadata(self) -> dict:
-        import dtpm_fast
         import torch
+
+        import dtpm_fast
 
         meta = {
             "producer": "dtpm_fast.parametric",
@@ -159,7 +178,7 @@ class _ParametricDTPM(BaseDetector):
             meta["shape_a"] = inverse_gamma_shape(self.n_features_in_)
         return meta
 
-    def export(self, path, format: str = "pt2") -> None:  # noqa: A002 - the public name the issue asks for
+    def export(self, path, format: str = "pt2") -> None:
         """Write a self-contained scoring artefact: raw rows -> scores, no dtpm_fast needed to run it.
 
         Parameters
@@ -189,9 +208,15 @@ class _ParametricDTPM(BaseDetector):
             params["random_state"] = None  # a generator object cannot go in JSON; it only mattered for fit
         elif params["random_state"] is not None:
             params["random_state"] = int(params["random_state"])
-        meta = {"params": params, "kind": self._kind, "n_features_in": int(self.n_features_in_),
-                "threshold": float(self.threshold_)}
-        arrays = {_STATE_PREFIX + k: v.detach().cpu().numpy().copy() for k, v in self._module.state_dict().items()}
+        meta = {
+            "params": params,
+            "kind": self._kind,
+            "n_features_in": int(self.n_features_in_),
+            "threshold": float(self.threshold_),
+        }
+        arrays = {
+            _STATE_PREFIX + k: v.detach().cpu().numpy().copy() for k, v in self._module.state_dict().items()
+        }
         arrays["decision_scores"] = np.asarray(self.decision_scores_, dtype=np.float64)
         arrays["loss_history"] = np.asarray(self.loss_history_, dtype=np.float64)
         return meta, arrays, {}
@@ -202,7 +227,9 @@ class _ParametricDTPM(BaseDetector):
         from dtpm_fast.parametric.network import build_scorer
 
         if meta.get("kind") != cls._kind:
-            raise ValueError(f"saved state is a {meta.get('kind')!r} model, not {cls._kind!r} ({cls.__name__}).")
+            raise ValueError(
+                f"saved state is a {meta.get('kind')!r} model, not {cls._kind!r} ({cls.__name__})."
+            )
         params = dict(meta["params"])
         params["hidden_sizes"] = tuple(params["hidden_sizes"])
         if params.get("device") not in (None, "auto", "cpu"):
@@ -214,10 +241,14 @@ class _ParametricDTPM(BaseDetector):
         device = resolve_torch_device(self.device)
         mean = np.asarray(arrays[_STATE_PREFIX + "mean"], dtype=np.float32)
         scale = np.asarray(arrays[_STATE_PREFIX + "scale"], dtype=np.float32)
-        module = build_scorer(cls._kind, d, self.hidden_sizes, float(self.dropout), mean, scale,
-                              num_bins=self._num_bins())
-        state = {k[len(_STATE_PREFIX):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-                 if k.startswith(_STATE_PREFIX)}
+        module = build_scorer(
+            cls._kind, d, self.hidden_sizes, float(self.dropout), mean, scale, num_bins=self._num_bins()
+        )
+        state = {
+            k[len(_STATE_PREFIX) :]: torch.from_numpy(np.array(v))
+            for k, v in arrays.items()
+            if k.startswith(_STATE_PREFIX)
+        }
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -315,7 +346,9 @@ class DTPMCategorical(_ParametricDTPM):
         super()._check_params()
         check_int(self.num_bins, "num_bins", 2)
         if self.num_bins > self.T:
-            raise ValueError(f"num_bins ({self.num_bins}) must not exceed T ({self.T}): every bin needs a step.")
+            raise ValueError(
+                f"num_bins ({self.num_bins}) must not exceed T ({self.T}): every bin needs a step."
+            )
 
     def _num_bins(self) -> int:
         return int(self.num_bins)

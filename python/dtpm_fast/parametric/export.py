@@ -42,11 +42,13 @@ def _accept_torchscript_deprecation():
     warning still surfaces.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning
+        )
         yield
 
 
-def write_export(module, path, format: str, meta: dict, train_scores: np.ndarray) -> None:  # noqa: A002
+def write_export(module, path, format: str, meta: dict, train_scores: np.ndarray) -> None:
     """Write ``module`` (an eval-mode scoring module on the CPU) to ``path`` in ``format``."""
     torch = require_torch()
     if format not in FORMATS:
@@ -111,12 +113,16 @@ def inspect_export(path) -> tuple[str, dict, np.ndarray]:
             by_tail = {name.split("/", 1)[1]: name for name in names if "/" in name}
             if "archive_format" in by_tail and archive.read(by_tail["archive_format"]).strip() == b"pt2":
                 fmt = "pt2"
-            elif "constants.pkl" in by_tail and "data.pkl" in by_tail and any(
-                t.startswith("code/") for t in by_tail
+            elif (
+                "constants.pkl" in by_tail
+                and "data.pkl" in by_tail
+                and any(t.startswith("code/") for t in by_tail)
             ):
                 fmt = "torchscript"
             else:
-                raise _fail(path, "the zip archive is neither a TorchScript module nor a torch.export pt2 file")
+                raise _fail(
+                    path, "the zip archive is neither a TorchScript module nor a torch.export pt2 file"
+                )
             meta_name = by_tail.get("extra/" + META_FILE)
             if meta_name is None:
                 raise _fail(path, f"the {fmt} file carries no {META_FILE} (not exported by dtpm_fast)")

@@ -33,7 +33,9 @@ def time_bins(t: torch.Tensor, T: int, num_bins: int) -> torch.Tensor:
     return torch.clamp(torch.div(t * num_bins, T, rounding_mode="floor"), 0, num_bins - 1)
 
 
-def categorical_loss(outputs: torch.Tensor, t: torch.Tensor, T: int, num_bins: int, variant: str) -> torch.Tensor:
+def categorical_loss(
+    outputs: torch.Tensor, t: torch.Tensor, T: int, num_bins: int, variant: str
+) -> torch.Tensor:
     """Mean cross-entropy of the binned diffusion time given the network outputs (n, num_bins)."""
     target = time_bins(t, T, num_bins)
     if variant == "double_softmax":
