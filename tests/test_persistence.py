@@ -256,3 +256,16 @@ def test_pickle_unfitted_detector_keeps_params():
     clone = pickle.loads(pickle.dumps(model))
     assert clone.get_params() == model.get_params()
     assert not hasattr(clone, "threshold_")
+
+
+class _UserSubclass(dtpm_fast.DTPMNonParametric):
+    """A user's subclass: not a known kind for files, but it must still pickle."""
+
+
+def test_user_subclass_pickles_but_is_not_saved(tmp_path, data):
+    model = _UserSubclass(index="flat").fit(data[0])
+    clone = pickle.loads(pickle.dumps(model))
+    assert type(clone) is _UserSubclass
+    np.testing.assert_array_equal(clone.decision_function(data[1]), model.decision_function(data[1]))
+    with pytest.raises(ValueError, match="cannot save a _UserSubclass"):
+        model.save(tmp_path / "m.dtpm")

@@ -114,16 +114,25 @@ def pickle_state(detector) -> dict:
 
     A fitted detector pickles as its metadata, arrays and blobs (a FAISS index as its
     serialized bytes, or nothing when it is rebuilt from the training rows), not as its
-    live attributes. An unfitted one holds only its constructor parameters.
+    live attributes. An unfitted one holds only its constructor parameters. (Pickle names
+    the class itself, so subclasses outside :data:`KNOWN_KINDS` pickle too.)
     """
     from dtpm_fast._validation import NotFittedError
 
     try:
-        state = detector_state(detector)
+        meta, arrays, blobs = detector._get_state()
     except NotFittedError:
         return {"pickle_format": FORMAT_VERSION, "params": detector.get_params()}
-    state["pickle_format"] = FORMAT_VERSION
-    return state
+    except NotImplementedError:  # a detector without state hooks: its attributes as they are
+        return {"pickle_format": FORMAT_VERSION, "attributes": dict(detector.__dict__)}
+    names = getattr(detector, "feature_names_in_", None)
+    return {
+        "pickle_format": FORMAT_VERSION,
+        "meta": meta,
+        "arrays": arrays,
+        "blobs": blobs,
+        "extras": {} if names is None else {"feature_names": [str(n) for n in names]},
+    }
 
 
 def restore_pickle_state(detector, state: dict) -> None:
@@ -137,8 +146,14 @@ def restore_pickle_state(detector, state: dict) -> None:
     if "params" in state:
         detector.__dict__.update(state["params"])
         return
-    rebuilt = build_detector(state, expected_kind=type(detector).__name__)
+    if "attributes" in state:
+        detector.__dict__.update(state["attributes"])
+        return
+    rebuilt = type(detector)._from_state(state["meta"], state["arrays"], state["blobs"])
     detector.__dict__.update(rebuilt.__dict__)
+    names = state["extras"].get("feature_names")
+    if names is not None:
+        detector.feature_names_in_ = np.asarray(names, dtype=object)
 
 
 # --------------------------------------------------------------------------- save
