@@ -63,7 +63,7 @@ def test_cuda_module_counts_devices_without_raising():
     count = _cuda.device_count()
     assert count >= 0
     assert (_cuda.device_status() == "ok") == (count > 0)
-    assert "90" in _cuda.architectures
+    assert _cuda.architectures  # e.g. "80-real 90-real 90-virtual", or the user's CMAKE_CUDA_ARCHITECTURES
 
 
 def test_gpu_wrappers_reject_host_arrays():
