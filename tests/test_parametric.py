@@ -225,12 +225,12 @@ def test_explicit_cuda_without_a_gpu_says_why(data):
 def test_cuda_training_and_scoring_matches_its_export(tmp_path, data):
     X_train, X_test, _ = data
     model = DETECTORS["categorical"](random_state=0, device="cuda").fit(X_train)
-    model.export(tmp_path / "m.pt2", format="pt2")
-    np.testing.assert_allclose(
-        load_exported(tmp_path / "m.pt2", device="cpu").decision_function(X_test),
-        model.decision_function(X_test),
-        atol=1e-4,
-    )
+    expected = model.decision_function(X_test)
+    for fmt in ("pt2", "torchscript"):
+        model.export(tmp_path / f"m.{fmt}", format=fmt)
+        for device in ("cpu", "cuda"):
+            scorer = load_exported(tmp_path / f"m.{fmt}", device=device)
+            np.testing.assert_allclose(scorer.decision_function(X_test), expected, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- export

@@ -170,7 +170,13 @@ def load_exported(path, device: str = "auto") -> ExportedScorer:
             with _accept_torchscript_deprecation():
                 module = torch.jit.load(path, map_location=dev)
         else:
-            module = torch.export.load(path).module().to(dev)
+            program = torch.export.load(path)
+            if dev.type != "cpu":
+                # Exported on the CPU; the pass rewrites device constants in the graph as well.
+                from torch.export.passes import move_to_device_pass
+
+                program = move_to_device_pass(program, dev)
+            module = program.module()
     except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise _fail(path, f"PyTorch could not load the {fmt} program ({type(exc).__name__}: {exc})") from None
     return ExportedScorer._from_loaded(module, fmt, meta, train_scores, dev)

@@ -69,8 +69,9 @@ class _Standardized(nn.Module):
 
     def network_output(self, x: torch.Tensor) -> torch.Tensor:
         """Raw network output for raw rows x: (n, d) -> (n, n_outputs)."""
-        # Same float32 arithmetic as Standardizer.transform on float32 input.
-        z = (x.to(torch.float32) - self.mean) / self.scale
+        # Same float32 arithmetic as Standardizer.transform on float32 input. No dtype cast here:
+        # a cast would bake the export device into the pt2 graph (an input-metadata assert).
+        z = (x - self.mean) / self.scale
         return self.net(z)
 
 
