@@ -278,7 +278,7 @@ class ParquetBatchReader(BatchReader):
         columns = kwargs["columns"]
         # buffer_size > 0 reads column chunks through a buffer instead of whole row groups at
         # once, so memory does not grow with the writer's row-group size.
-        self._file = pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False)
+        self._file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
         schema = self._file.schema_arrow
         names = schema.names
         if self.id_column is not None and self.id_column not in names:
