@@ -77,7 +77,9 @@ def build_model(name: str, seed: int, epochs: int | None, device: str):
     raise ValueError(f"unknown model {name!r}; choose from ddpm, categorical, np")
 
 
-def measure_throughput(model, X_test: np.ndarray, n_rows: int, min_seconds: float = 1.0) -> tuple[float, float]:
+def measure_throughput(
+    model, X_test: np.ndarray, n_rows: int, min_seconds: float = 1.0
+) -> tuple[float, float]:
     """(seconds per call, rows/s) of ``decision_function`` on ``n_rows`` rows (test rows tiled).
 
     One warm-up call on a few rows first; fast models are called repeatedly until
@@ -197,7 +199,7 @@ def run(args) -> None:
                 bench_rows = args.bench_rows if seed == args.seeds[0] else 0
                 try:
                     rows = run_one(name, split, seed, args.epochs, args.device, bench_rows)
-                except Exception as exc:  # a missing optional model must not stop the others
+                except Exception as exc:  # noqa: BLE001 - a missing optional model must not stop the others
                     print(f"FAILED {dataset} seed={seed} {name}: {type(exc).__name__}: {exc}", flush=True)
                     continue
                 for row in rows:
@@ -229,14 +231,26 @@ def _fmt(values: list[float]) -> str:
     return f"{arr.mean():.2f} ± {arr.std():.2f}" if len(arr) > 1 else f"{arr.mean():.2f}"
 
 
-def report(csv_path: Path, paper_path: Path) -> str:
+def report(csv_path: Path, paper_path: Path, part: str = "all") -> str:
+    """Markdown tables of ``csv_path``: ``part`` is "auc", "speed" or "all"."""
     rows = read_rows(csv_path)
     paper = _paper_table(paper_path)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     models = [m for m in MODEL_LABELS if any(r["model"] == m for r in rows)]
 
+    auc_lines = auc_table(rows, paper, datasets, models)
+    speed_lines = speed_table(rows, datasets, models)
+    chosen = {"auc": auc_lines, "speed": speed_lines, "all": auc_lines + [""] + speed_lines}[part]
+    return "\n".join(chosen) + "\n"
+
+
+def _select(rows, dataset, model, key):
+    return [float(r[key]) for r in rows if r["dataset"] == dataset and r["model"] == model and r[key] != ""]
+
+
+def auc_table(rows, paper, datasets, models) -> list[str]:
     def select(dataset, model, key):
-        return [float(r[key]) for r in rows if r["dataset"] == dataset and r["model"] == model and r[key] != ""]
+        return _select(rows, dataset, model, key)
 
     lines = ["### AUC-ROC (%, semi-supervised protocol, mean ± std over seeds)", ""]
     header = ["dataset", "seeds"]
@@ -268,9 +282,27 @@ def report(csv_path: Path, paper_path: Path) -> str:
     if "ddpm" in models:
         cells.append(f"**{np.mean(means['ddpm']) - np.mean(paper_means['ddpm']):+.2f}**")
     lines.append("| " + " | ".join(cells) + " |")
+    epochs = [int(r["epochs_run"]) for r in rows if r["model"] == "ddpm" and r["epochs_run"]]
+    if epochs:
+        lines += [
+            "",
+            (
+                f"DDPM epochs actually run (authors' early stop, max 400): min {min(epochs)}, "
+                f"median {int(np.median(epochs))}, max {max(epochs)} over {len(epochs)} fits."
+            ),
+        ]
+    return lines
+
+
+def speed_table(rows, datasets, models) -> list[str]:
+    def select(dataset, model, key):
+        return _select(rows, dataset, model, key)
 
     models = [m for m in models if m != "ddpm-ancestral"]  # same network and cost as ddpm
-    lines += ["", "### Inference throughput (first seed; test rows tiled to a fixed batch) and fit time", ""]
+    lines = [
+        "### Inference throughput (first seed; test rows tiled to a fixed batch) and fit time (mean over seeds)",
+        "",
+    ]
     header = ["dataset", "d", "rows"]
     header += [f"{MODEL_LABELS[m]} rows/s" for m in models]
     header += [f"DDPM / {MODEL_LABELS[m].split(' ')[0]} time" for m in models if m != "ddpm"]
@@ -302,15 +334,9 @@ def report(csv_path: Path, paper_path: Path) -> str:
                 f"DDPM needs {g:,.0f}x the inference time of {MODEL_LABELS[m]} "
                 f"(geometric mean over {len(ratios[m])} datasets; range {min(ratios[m]):,.0f}x-{max(ratios[m]):,.0f}x)."
             )
-    epochs = [int(r["epochs_run"]) for r in rows if r["model"] == "ddpm" and r["epochs_run"]]
-    if epochs:
-        lines.append(
-            f"DDPM epochs actually run (authors' early stop, max 400): min {min(epochs)}, "
-            f"median {int(np.median(epochs))}, max {max(epochs)} over {len(epochs)} fits."
-        )
     threads = sorted({r["threads"] for r in rows})
     lines.append(f"Threads: {', '.join(threads)}. Machine: {platform.processor() or platform.machine()}.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> int:
@@ -318,16 +344,21 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["42_WBC", "39_vertebral", "14_glass"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--models", nargs="+", default=["ddpm", "categorical", "np"])
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: each model's, 400)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: each model's, 400)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bench-rows", type=int, default=2048, help="rows per throughput call")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ddpm_runs.csv"))
     parser.add_argument("--report", metavar="CSV", help="print the markdown report of CSV and exit")
     parser.add_argument("--paper", default=str(DEFAULT_PAPER))
+    parser.add_argument(
+        "--part", choices=("all", "auc", "speed"), default="all", help="report tables to print"
+    )
     args = parser.parse_args(argv)
     if args.report:
-        sys.stdout.write(report(Path(args.report), Path(args.paper)))
+        sys.stdout.write(report(Path(args.report), Path(args.paper), args.part))
         return 0
     run(args)
     return 0

@@ -12,8 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dtpm_fast._validation import NotFittedError  # noqa: E402
-from dtpm_fast.ddpm import (  # noqa: E402
+from dtpm_fast._validation import NotFittedError
+from dtpm_fast.ddpm import (
     DDPMNoiseNetwork,
     DDPMReconstruction,
     ddpm_schedule,
@@ -21,17 +21,17 @@ from dtpm_fast.ddpm import (  # noqa: E402
     should_stop_early,
 )
 
-TINY = dict(
-    T=100,
-    reconstruction_steps=20,
-    epochs=8,
-    batch_size=32,
-    width=16,
-    block_hidden=32,
-    time_width=16,
-    n_blocks=1,
-    device="cpu",
-)
+TINY = {
+    "T": 100,
+    "reconstruction_steps": 20,
+    "epochs": 8,
+    "batch_size": 32,
+    "width": 16,
+    "block_hidden": 32,
+    "time_width": 16,
+    "n_blocks": 1,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -127,19 +127,19 @@ def test_wrong_feature_count_at_scoring(fitted):
 @pytest.mark.parametrize(
     "override, match",
     [
-        (dict(reconstruction_steps=200), "reconstruction_steps"),
-        (dict(T=0), "T"),
-        (dict(epochs=0), "epochs"),
-        (dict(batch_size=1), "batch_size"),
-        (dict(lr=0.0), "lr"),
-        (dict(dropout=(0.4,)), "dropout"),
-        (dict(dropout=(0.4, 1.0)), "dropout"),
-        (dict(time_width=15), "time_width"),
-        (dict(contamination=0.7), "contamination"),
-        (dict(device="tpu"), "device"),
-        (dict(random_state=-1), "random_state"),
-        (dict(random_state=np.random.default_rng(0)), "random_state"),
-        (dict(sampling_noise="yes"), "sampling_noise"),
+        ({"reconstruction_steps": 200}, "reconstruction_steps"),
+        ({"T": 0}, "T"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"dropout": (0.4,)}, "dropout"),
+        ({"dropout": (0.4, 1.0)}, "dropout"),
+        ({"time_width": 15}, "time_width"),
+        ({"contamination": 0.7}, "contamination"),
+        ({"device": "tpu"}, "device"),
+        ({"random_state": -1}, "random_state"),
+        ({"random_state": np.random.default_rng(0)}, "random_state"),
+        ({"sampling_noise": "yes"}, "sampling_noise"),
     ],
 )
 def test_bad_parameters(data, override, match):

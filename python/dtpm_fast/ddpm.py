@@ -258,9 +258,7 @@ def reverse_chain(network, x0, schedule_tensors, n_steps: int, generator, sampli
     return x
 
 
-def reconstruction_score(
-    network, x0, schedule_tensors, n_steps: int, generator, sampling_noise: bool = True
-):
+def reconstruction_score(network, x0, schedule_tensors, n_steps: int, generator, sampling_noise: bool = True):
     """Mean over features of (x0 - reverse_chain(x0))**2, shape (n,)."""
     recon = reverse_chain(network, x0, schedule_tensors, n_steps, generator, sampling_noise)
     return torch.mean((x0 - recon) ** 2, dim=1)
@@ -283,9 +281,7 @@ def _seed_from(random_state) -> int:
 
 
 def _schedule_tensors(T: int, device) -> dict:
-    return {
-        k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in ddpm_schedule(T).items()
-    }
+    return {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in ddpm_schedule(T).items()}
 
 
 class DDPMReconstruction(BaseDetector):
@@ -418,13 +414,15 @@ class DDPMReconstruction(BaseDetector):
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         drop = tuple(self.dropout) if isinstance(self.dropout, (tuple, list)) else None
-        if drop is None or len(drop) != 2 or not all(
-            isinstance(p, (int, float)) and 0.0 <= p < 1.0 for p in drop
+        if (
+            drop is None
+            or len(drop) != 2
+            or not all(isinstance(p, (int, float)) and 0.0 <= p < 1.0 for p in drop)
         ):
             raise ValueError(f"dropout must be two probabilities in [0, 1), got {self.dropout!r}")
         for name in ("sampling_noise", "early_stopping", "standardize"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")  # noqa: TRY004
         if self.verbose not in (None, True, False):
             raise ValueError(f"verbose must be True, False or None, got {self.verbose!r}")
         self._check_contamination()
