@@ -359,3 +359,30 @@ def test_learns_to_separate_shifted_anomalies(data):
     model = DDPMReconstruction(random_state=0, **{**TINY, "epochs": 25, "T": 200, "reconstruction_steps": 50})
     scores = model.fit(X_train).decision_function(X_test)
     assert roc_auc_score(y_test, scores) > 0.9
+
+
+def test_shared_time_bias_equals_per_row_forward():
+    # The reverse chain evaluates the time branch once per step and broadcasts it.
+    torch.manual_seed(0)
+    net = DDPMNoiseNetwork(5, width=8, block_hidden=12, time_width=8, n_blocks=2).eval()
+    x = torch.randn(7, 5)
+    t = torch.full((7,), 33)
+    with torch.inference_mode():
+        per_row = net(x, t)
+        shared = net.forward_with_time_bias(x, net.time_bias(t[:1]))
+        plain = reconstruction_score(
+            lambda xx, tt: net(xx, tt),  # a plain callable: per-row time branch
+            x,
+            {k: torch.tensor(v, dtype=torch.float32) for k, v in ddpm_schedule(50).items()},
+            10,
+            torch.Generator().manual_seed(0),
+        )
+        fast = reconstruction_score(
+            net,
+            x,
+            {k: torch.tensor(v, dtype=torch.float32) for k, v in ddpm_schedule(50).items()},
+            10,
+            torch.Generator().manual_seed(0),
+        )
+    torch.testing.assert_close(shared, per_row, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-7)
