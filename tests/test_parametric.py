@@ -336,6 +336,33 @@ def _flip_middle(src, dst):
     dst.write_bytes(bytes(blob))
 
 
+def _edit_member(src, dst, tail, edit):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            payload = zin.read(item.filename)
+            if item.filename.endswith(tail):
+                payload = edit(payload)
+            zout.writestr(item, payload)
+
+
+def test_load_exported_refuses_pt2_files_that_would_need_pickle(tmp_path, fitted):
+    good = tmp_path / "good.pt2"
+    fitted.export(good, format="pt2")
+    pickled_weights = tmp_path / "pickled_weights.pt2"
+    _edit_member(
+        good,
+        pickled_weights,
+        "model_weights_config.json",
+        lambda b: b.replace(b'"use_pickle": false', b'"use_pickle": true'),
+    )
+    with pytest.raises(ValueError, match="would be unpickled"):
+        load_exported(pickled_weights)
+    sample_inputs = tmp_path / "sample_inputs.pt2"
+    _edit_member(good, sample_inputs, "sample_inputs/model.pt", lambda b: b"\x80\x02}q\x00.")
+    with pytest.raises(ValueError, match="pickled sample inputs"):
+        load_exported(sample_inputs)
+
+
 def _drop_metadata(src, dst):
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for item in zin.infolist():

@@ -7,7 +7,9 @@ standardisation -> MLP -> score head) it carries two extra files written by dtpm
 - ``dtpm_train_scores.json``: the training scores (for ``predict_proba``/``predict_confidence``).
 
 :func:`load_exported` checks the zip structure and the metadata *before* handing the file to
-``torch.jit.load`` or ``torch.export.load``; nothing is unpickled by dtpm_fast.
+``torch.jit.load`` (TorchScript's own restricted deserialiser, not Python pickle) or
+``torch.export.load``. pt2 files are written without sample inputs and with raw tensor bytes,
+and a pt2 file that would make ``torch.export.load`` unpickle anything is refused.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def write_export(module, path, format: str, meta: dict, train_scores: np.ndarray
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: batch}})
+    # Without example inputs the archive's sample-inputs member is empty, so loading it never
+    # reaches torch.load (which falls back to full pickle when its safe mode fails).
+    program.example_inputs = None
     torch.export.save(program, path, extra_files=extra)
 
 
@@ -79,6 +84,43 @@ def _fail(path: str, why: str) -> ValueError:
         f"{path!r} is not a usable dtpm_fast exported model: {why}. "
         "Pass a file written by DTPMCategorical/DTPMInverseGamma.export(path, format='pt2' or 'torchscript')."
     )
+
+
+#: Members a dtpm_fast pt2 archive may hold (paths after the archive's top folder).
+_PT2_ALLOWED = (
+    "archive_format",
+    "archive_version",
+    "byteorder",
+    ".data/",
+    "models/",
+    "data/weights/",
+    "data/constants/",
+    "data/sample_inputs/",
+    "extra/",
+)
+
+
+def _check_pt2_needs_no_pickle(archive: zipfile.ZipFile, path: str, by_tail: dict[str, str]) -> None:
+    """Refuse pt2 archives whose loading would unpickle data.
+
+    ``torch.export.load`` unpickles weights or constants flagged ``use_pickle`` and, when the
+    safe ``weights_only`` load of the sample inputs fails, retries with full pickle. dtpm_fast
+    writes raw tensor bytes and empty sample inputs, so anything else is not one of its files.
+    """
+    for tail, name in by_tail.items():
+        if not tail.startswith(_PT2_ALLOWED):
+            raise _fail(path, f"the pt2 archive holds an unexpected member {tail!r}")
+        if tail.startswith("data/sample_inputs/") and archive.getinfo(name).file_size != 0:
+            raise _fail(path, "the pt2 archive stores pickled sample inputs (dtpm_fast exports store none)")
+        if tail.endswith("_config.json") and tail.startswith(("data/weights/", "data/constants/")):
+            try:
+                entries = json.loads(archive.read(name).decode("utf-8")).get("config", {})
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+                raise _fail(path, f"{tail} is not valid JSON ({exc})") from None
+            if not isinstance(entries, dict) or any(
+                not isinstance(e, dict) or e.get("use_pickle", True) is not False for e in entries.values()
+            ):
+                raise _fail(path, f"{tail} lists tensors that would be unpickled; dtpm_fast never unpickles")
 
 
 def inspect_export(path) -> tuple[str, dict, np.ndarray]:
@@ -95,7 +137,8 @@ def inspect_export(path) -> tuple[str, dict, np.ndarray]:
     ------
     ValueError
         Missing file, not a zip archive, damaged archive (CRC error), not written by
-        PyTorch, or without dtpm_fast metadata.
+        PyTorch, without dtpm_fast metadata, or a pt2 archive whose loading would unpickle
+        (pickled weights/constants, non-empty sample inputs, unexpected members).
     """
     path = os.fspath(path)
     if not Path(path).is_file():
@@ -127,6 +170,8 @@ def inspect_export(path) -> tuple[str, dict, np.ndarray]:
             if meta_name is None:
                 raise _fail(path, f"the {fmt} file carries no {META_FILE} (not exported by dtpm_fast)")
             meta = json.loads(archive.read(meta_name).decode("utf-8"))
+            if fmt == "pt2":
+                _check_pt2_needs_no_pickle(archive, path, by_tail)
             scores_name = by_tail.get("extra/" + TRAIN_SCORES_FILE)
             train_scores = (
                 np.asarray(json.loads(archive.read(scores_name).decode("utf-8")), dtype=np.float64)
