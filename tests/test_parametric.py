@@ -451,3 +451,55 @@ def test_state_hooks_round_trip_without_pickle(kind, data):
     broken.pop(next(k for k in arrays if k.endswith("weight")))
     with pytest.raises(ValueError, match="do not match"):
         type(model)._from_state(meta, broken, blobs)
+
+
+# ---------------------------------------------------------------------------------- _torch_utils
+
+
+def test_minibatches_cover_every_row_once():
+    from dtpm_fast._torch_utils import iter_minibatches
+
+    batches = list(iter_minibatches(10, 4, shuffle=True))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    assert [len(b) for b in iter_minibatches(10, 4, shuffle=False, drop_last=True)] == [4, 4]
+    with pytest.raises(ValueError, match="batch_size"):
+        next(iter_minibatches(10, 0))
+
+
+def test_resolve_seed_rules():
+    from dtpm_fast._torch_utils import resolve_seed
+
+    assert resolve_seed(7) == 7 and resolve_seed(np.int64(7)) == 7
+    assert resolve_seed(np.random.default_rng(1)) == resolve_seed(np.random.default_rng(1))
+    assert resolve_seed(np.random.RandomState(1)) == resolve_seed(np.random.RandomState(1))
+    assert resolve_seed(None) >= 0
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="random_state"):
+            resolve_seed(bad)
+
+
+def test_batched_inference_matches_one_call_and_reads_read_only_input():
+    from dtpm_fast._torch_utils import batched_inference
+
+    X = np.random.default_rng(0).standard_normal((101, 3)).astype(np.float32)
+    X.flags.writeable = False
+    out = batched_inference(lambda x: x.sum(dim=1), X, batch_size=7, n_threads=1)
+    np.testing.assert_allclose(out, X.sum(axis=1), rtol=1e-6)
+    with pytest.raises(ValueError, match="no rows"):
+        batched_inference(lambda x: x, X[:0])
+
+
+def test_progress_reporter_writes_only_when_enabled(capsys):
+    from dtpm_fast._torch_utils import ProgressReporter
+
+    quiet = ProgressReporter(2)  # stderr is captured, not a terminal
+    quiet.update(1, 0.5, 10)
+    quiet.close()
+    assert capsys.readouterr().err == ""
+    loud = ProgressReporter(2, label="unit", enabled=True, min_interval=0.0)
+    loud.update(1, 0.5, 10)
+    loud.update(2, 0.25, 10)
+    loud.close()
+    err = capsys.readouterr().err
+    assert "unit: epoch 2/2" in err and "loss 0.2500" in err and "rows/s" in err and err.endswith("\n")
