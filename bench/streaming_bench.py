@@ -164,6 +164,18 @@ def run_all(args) -> None:
                 measured = json.loads(child["stdout"])
                 record(f"{key}/memory", {"rows": rows, "score_s": measured["score_s"],
                                          "max_rss_mib": child["max_rss_mib"]})
+    # Paired runs: the machine is shared and its load drifts over a 10-minute run, so the
+    # CLI/in-memory ratio is also measured in alternating short runs on the 1M-row file.
+    for index in args.indexes:
+        for round_number in range(args.paired_rounds):
+            key = f"{index}/1M/paired{round_number}"
+            if key in results:
+                continue
+            cli = _run_child(["dtpm-fast", "score", models[index], data["one_million"], "-o", out, "--overwrite"])
+            loop = re.search(r"scored ([\d,]+) rows in ([\d.]+) s", cli["stderr"])
+            memory = json.loads(_run_child([*me, "inmemory", models[index], data["one_million"]])["stdout"])
+            record(key, {"cli_loop_s": float(loop.group(2)), "memory_score_s": memory["score_s"],
+                         "ratio": memory["score_s"] / float(loop.group(2))})
     if "threads" not in results:
         child = _run_child([*me, "threads", models[args.indexes[0]], str(args.thread_rows)])
         record("threads", json.loads(child["stdout"]))
@@ -184,6 +196,14 @@ def markdown(results: dict) -> str:
             f"{loop_rate / mem_rate:.2f} | {cli['max_rss_mib']:,.0f} MiB | "
             f"{memory['max_rss_mib'] if memory else float('nan'):,.0f} MiB |"
         )
+    paired = sorted(k for k in results if "/paired" in k)
+    if paired:
+        lines += ["", "| paired run (1M rows, alternating) | in-memory rows/s | CLI loop rows/s | ratio |",
+                  "|---|---:|---:|---:|"]
+        for key in paired:
+            entry = results[key]
+            lines.append(f"| {key} | {ONE_MILLION / entry['memory_score_s']:,.0f} | "
+                         f"{ONE_MILLION / entry['cli_loop_s']:,.0f} | {entry['ratio']:.2f} |")
     if "threads" in results:
         lines += ["", "| Python threads | rows/s | identical to sequential |", "|---:|---:|---|"]
         for n, entry in results["threads"].items():
@@ -202,6 +222,7 @@ def main() -> None:
     everything.add_argument("--batch-rows", type=int, default=65536)
     everything.add_argument("--thread-rows", type=int, default=200_000)
     everything.add_argument("--skip-1m-memory", action="store_true")
+    everything.add_argument("--paired-rounds", type=int, default=2)
     memory = sub.add_parser("inmemory")
     memory.add_argument("model")
     memory.add_argument("data")
