@@ -220,7 +220,7 @@ def markdown_table(table, model_order: list[str], model_columns: dict[str, str |
     return "\n".join(lines)
 
 
-def write_plot(table, path: Path, protocol: str) -> bool:
+def write_plot(table, path: Path, protocol: str, model_order: list[str] | None = None) -> bool:
     """Scatter of our mean AUC-ROC against the paper's per data set, one colour per model.
 
     Returns False (writing nothing) when matplotlib is not installed.
@@ -234,10 +234,13 @@ def write_plot(table, path: Path, protocol: str) -> bool:
         return False
     shown = table[table["paper"].notna()]
     fig, ax = plt.subplots(figsize=(7.5, 7.5))
-    for model, rows in shown.groupby("model", sort=False):
+    order = model_order or sorted(shown["model"].unique())
+    markers = "os^Dvx*"
+    for i, model in enumerate(m for m in order if m in set(shown["model"])):
+        rows = shown[shown["model"] == model]
         ax.errorbar(
             rows["paper"], rows["ours"], xerr=rows["paper_std"].fillna(0), yerr=rows["ours_std"].fillna(0),
-            fmt="o", ms=4, capsize=2, alpha=0.8, label=model,
+            fmt=markers[i % len(markers)], ms=5, mfc="none", capsize=2, alpha=0.8, label=model,
         )
         for _, r in rows[rows["outside"]].iterrows():
             ax.annotate(r["dataset"], (r["paper"], r["ours"]), fontsize=7, xytext=(3, -8), textcoords="offset points")
@@ -287,7 +290,7 @@ def write_report(out_dir: str | Path, reference_dir: str | Path | None = None) -
     lines = [summary_line(s, protocol) for s in summaries]
 
     table.to_csv(out_dir / "summary.csv", index=False)
-    plotted = write_plot(table, out_dir / "aucroc_vs_paper.png", protocol)
+    plotted = write_plot(table, out_dir / "aucroc_vs_paper.png", protocol, model_order)
     budgets = runs.groupby("model")["budget"].first().to_dict()
     seeds = sorted(runs["seed"].unique().tolist())
     outside = table[table["outside"] & table["paper"].notna()]
