@@ -15,7 +15,7 @@ dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 pd = pytest.importorskip("pandas")
 
-from dtpm_fast import dask as dtpm_dask  # noqa: E402  (after the importorskip of dask)
+from dtpm_fast import dask as dtpm_dask  # after the importorskip calls: needs dask
 
 N_FEATURES = 6
 

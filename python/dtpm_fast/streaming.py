@@ -29,7 +29,7 @@ import queue
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -153,7 +153,7 @@ def open_reader(
     id_column: str | None = None,
     batch_rows: int = 65536,
     on_bad_row: str = "error",
-) -> "BatchReader":
+) -> BatchReader:
     """Open a Parquet, CSV or ``.npy`` file for batch-by-batch reading of features.
 
     Parameters
@@ -593,7 +593,7 @@ class TableWriter:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "TableWriter":
+    def __enter__(self) -> TableWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
