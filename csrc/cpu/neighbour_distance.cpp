@@ -50,7 +50,7 @@ void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t
 
 template void neighbour_sqdist<float>(const float*, int64_t, const float*, int64_t, int64_t, const int64_t*,
                                       int64_t, float*, float*);
-template void neighbour_sqdist<double>(const double*, int64_t, const double*, int64_t, int64_t, const int64_t*,
-                                       int64_t, double*, double*);
+template void neighbour_sqdist<double>(const double*, int64_t, const double*, int64_t, int64_t,
+                                       const int64_t*, int64_t, double*, double*);
 
 }  // namespace dtpm

@@ -33,8 +33,8 @@ struct Grid {
 Grid make_grid(const Schedule& schedule);
 
 /// Scores `rows` rows given b = D2/2 per row; outputs may be nullptr (host memory).
-using BlockScoresFn = void (*)(const double* half_d2, int64_t rows, double c, const Grid& grid,
-                               int32_t* mode, double* mean, double* posterior);
+using BlockScoresFn = void (*)(const double* half_d2, int64_t rows, double c, const Grid& grid, int32_t* mode,
+                               double* mean, double* posterior);
 
 void block_scores_baseline(const double*, int64_t, double, const Grid&, int32_t*, double*, double*);
 #if defined(DTPM_DISPATCH_X86)

@@ -34,8 +34,8 @@ struct Schedule {
 /// @param[out] posterior  [n, T] normalised posterior, or nullptr to skip (host).
 /// @throws std::invalid_argument on bad sizes or a NaN distance.
 template <typename Real>
-void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_features,
-                      const Schedule& schedule, int32_t* mode, double* mean, double* posterior);
+void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_features, const Schedule& schedule,
+                      int32_t* mode, double* mean, double* posterior);
 
 /// Exact squared Euclidean distances from each query to given training rows.
 ///
@@ -51,9 +51,8 @@ void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_featur
 ///                      or nullptr to skip (host).
 /// @throws std::invalid_argument if an id is out of range.
 template <typename Real>
-void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t n_train,
-                      int64_t d, const int64_t* ids, int64_t k, Real* sqdist,
-                      Real* per_feature_contribution);
+void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t n_train, int64_t d,
+                      const int64_t* ids, int64_t k, Real* sqdist, Real* per_feature_contribution);
 
 /// What this build of the core contains.
 struct BuildInfo {
