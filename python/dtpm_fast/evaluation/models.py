@@ -103,9 +103,11 @@ def _trained_model(class_name: str) -> Callable[[ModelOptions], Any]:
     def build(options: ModelOptions) -> Any:
         cls = _import_torch_model(class_name)
         # The trained models' seed argument is named by their author; pass whichever exists.
+        # standardize=False: the protocol has already scaled the rows, as in the authors' runs.
         candidates = {
             "epochs": options.epochs,
             "device": options.device,
+            "standardize": False,
             "random_state": options.seed,
             "seed": options.seed,
         }
