@@ -320,3 +320,13 @@ def test_bad_configurations_name_the_problem(data_dir, tmp_path):
     with pytest.raises(ValueError, match="not found"):
         run(RunConfig(data_dir=data_dir, out_dir=tmp_path / "o", models=["np"], datasets=["6_cardio"]))
     assert cli.main(["evaluate", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 1
+
+
+def test_trained_model_budget_is_recorded_and_enforced_on_resume(data_dir, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    config = dict(data_dir=data_dir, out_dir=out, models=["categorical"], seeds=[0], datasets=["42_WBC"])
+    rows = run(RunConfig(**config, epochs=1, device="cpu"))
+    assert len(rows) == 1 and '"epochs": 1' in rows[0]["budget"]
+    with pytest.raises(ValueError, match="trained with"):
+        run(RunConfig(**config, epochs=2, device="cpu"))
