@@ -54,6 +54,8 @@ VARIANTS = {
         "logits",
         {"hidden_sizes": (128, 128), "weight_decay": 0.0, "T": 300},
     ),
+    # Same, but with the default 256-512-256 network: isolates T = 300 and no weight decay.
+    "IG-T300-wd0": ("DTPMInverseGamma", "logits", {"weight_decay": 0.0, "T": 300}),
 }
 
 
@@ -168,6 +170,14 @@ def report(out: Path, epochs: int) -> str:
             f"- logits CE minus double-softmax CE, mean AUC-ROC over the {len(both)} data sets with both: "
             f"{gap:+.2f} points"
         )
+    shown = {"C", "C-double-softmax", "IG", "IG-authors-code"}
+    for variant in VARIANTS:
+        done = table[table[variant + "_n"] > 0] if variant not in shown else table.iloc[:0]
+        if len(done):
+            cells = ", ".join(
+                f"{r.dataset} {cell(r, variant)} (n={int(r[variant + '_n'])})" for _, r in done.iterrows()
+            )
+            checks.append(f"- {variant}: {cells}")
     fit = runs.groupby("variant").fit_s.median()
     checks.append(
         "- median fit time per run (s, wall, loaded machine): "
