@@ -503,3 +503,27 @@ def test_progress_reporter_writes_only_when_enabled(capsys):
     loud.close()
     err = capsys.readouterr().err
     assert "unit: epoch 2/2" in err and "loss 0.2500" in err and "rows/s" in err and err.endswith("\n")
+
+
+def test_load_exported_rejects_invalid_metadata(tmp_path, fitted):
+    good = tmp_path / "good.pt"
+    fitted.export(good, format="torchscript")
+    for edit in (
+        lambda meta: meta.update(n_features="six"),
+        lambda meta: meta.update(producer="someone else"),
+        lambda meta: meta.pop("threshold"),
+    ):
+        bad = tmp_path / "bad.pt"
+
+        def rewrite(payload, edit=edit):
+            meta = json.loads(payload)
+            edit(meta)
+            return json.dumps(meta).encode()
+
+        _edit_member(good, bad, "dtpm_meta.json", rewrite)
+        with pytest.raises(ValueError, match="dtpm_meta.json"):
+            load_exported(bad)
+    bad = tmp_path / "bad_json.pt"
+    _edit_member(good, bad, "dtpm_meta.json", lambda payload: b"{not json")
+    with pytest.raises(ValueError, match="not valid"):
+        load_exported(bad)

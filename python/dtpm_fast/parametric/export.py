@@ -19,6 +19,7 @@ import json
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -178,13 +179,18 @@ def inspect_export(path) -> tuple[str, dict, np.ndarray]:
                 if scores_name is not None
                 else np.empty(0)
             )
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error) as exc:
         raise _fail(path, f"the zip archive cannot be read ({exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"its metadata is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise _fail(path, f"its metadata is not valid ({exc})") from None
     required = {"producer", "kind", "n_features", "T", "threshold", "contamination", "version"}
     if not isinstance(meta, dict) or meta.get("producer") != PRODUCER or not required <= set(meta):
         raise _fail(path, f"{META_FILE} lacks the dtpm_fast fields {sorted(required)}")
+    n_features, threshold = meta["n_features"], meta["threshold"]
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+        raise _fail(path, f"{META_FILE} has an invalid n_features {n_features!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or train_scores.ndim != 1:
+        raise _fail(path, f"{META_FILE} has an invalid threshold or training scores")
     return fmt, meta, train_scores
 
 
