@@ -118,11 +118,19 @@ inline double windowed_mean(float b, float c, int64_t m, const Grid& g) {
     sum_w += acc_w[v];
     sum_tw += acc_tw[v];
   }
-  double total_w = 0.0, total_tw = 0.0;
-  for (int j = 0; j < kLanes; ++j) {
-    total_w += sum_w[j];
-    total_tw += sum_tw[j];
+  // Pairwise lane reduction: a short dependency chain instead of kLanes serial adds.
+  float lanes_w[kLanes], lanes_tw[kLanes];
+  std::memcpy(lanes_w, &sum_w, sizeof lanes_w);
+  std::memcpy(lanes_tw, &sum_tw, sizeof lanes_tw);
+#pragma GCC unroll 8
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+#pragma GCC unroll 8
+    for (int j = 0; j < width; ++j) {
+      lanes_w[j] += lanes_w[j + width];
+      lanes_tw[j] += lanes_tw[j + width];
+    }
   }
+  const double total_w = lanes_w[0], total_tw = lanes_tw[0];
   return total_tw / total_w;
 }
 
