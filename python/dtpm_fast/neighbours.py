@@ -91,66 +91,61 @@ class KDTreeIndex:
         return None
 
 
-class HNSWIndex:
-    """Approximate search: FAISS ``IndexHNSWFlat``; ``candidates * k`` ids are re-ranked exactly."""
+class _ApproximateFaissIndex:
+    """A FAISS index that proposes ``candidates * k`` ids per query, later re-ranked exactly."""
 
     exact = False
 
     def __init__(self, X: np.ndarray, params: dict, serialized: bytes | None = None):
-        import faiss
-
         self._params = params
-        if serialized is not None:
-            self._index = _faiss_from_bytes(serialized)
-            return
-        self._index = faiss.IndexHNSWFlat(X.shape[1], params["M"])
-        self._index.hnsw.efConstruction = params["ef_construction"]
-        self._index.add(X)
+        self._index = _faiss_from_bytes(serialized) if serialized is not None else self._build(X, params)
 
     def search(self, Q: np.ndarray, k: int) -> np.ndarray:
-        import faiss
-
         n_candidates = min(k * self._params["candidates"], self._index.ntotal)
-        search_params = faiss.SearchParametersHNSW(efSearch=max(self._params["ef_search"], n_candidates))
-        _, ids = self._index.search(Q, n_candidates, params=search_params)
+        _, ids = self._index.search(Q, n_candidates, params=self._search_params(n_candidates))
         return ids
 
     def to_bytes(self) -> bytes | None:
         return _faiss_to_bytes(self._index)
 
 
-class IVFIndex:
-    """Approximate search: FAISS ``IndexIVFFlat``; ``candidates * k`` ids are re-ranked exactly."""
+class HNSWIndex(_ApproximateFaissIndex):
+    """Approximate search: FAISS ``IndexHNSWFlat``."""
 
-    exact = False
-
-    def __init__(self, X: np.ndarray, params: dict, serialized: bytes | None = None):
+    def _build(self, X: np.ndarray, params: dict):
         import faiss
 
-        self._params = params
-        if serialized is not None:
-            self._index = _faiss_from_bytes(serialized)
-            return
+        index = faiss.IndexHNSWFlat(X.shape[1], params["M"])
+        index.hnsw.efConstruction = params["ef_construction"]
+        index.add(X)
+        return index
+
+    def _search_params(self, n_candidates: int):
+        import faiss
+
+        return faiss.SearchParametersHNSW(efSearch=max(self._params["ef_search"], n_candidates))
+
+
+class IVFIndex(_ApproximateFaissIndex):
+    """Approximate search: FAISS ``IndexIVFFlat``."""
+
+    def _build(self, X: np.ndarray, params: dict):
+        import faiss
+
         n, d = X.shape
         # ~4 sqrt(n) lists, with at least 39 training points per centroid as FAISS asks.
         nlist = params["nlist"] or max(1, min(int(4 * math.sqrt(n)), n // 39))
-        quantizer = faiss.IndexFlatL2(d)
-        self._index = faiss.IndexIVFFlat(quantizer, d, nlist)
-        self._quantizer = quantizer  # the IVF index does not own it: keep it alive
+        self._quantizer = faiss.IndexFlatL2(d)  # the IVF index does not own it: keep it alive
+        index = faiss.IndexIVFFlat(self._quantizer, d, nlist)
         sample = X if n <= 256 * nlist else X[np.random.default_rng(0).choice(n, 256 * nlist, replace=False)]
-        self._index.train(np.ascontiguousarray(sample))
-        self._index.add(X)
+        index.train(np.ascontiguousarray(sample))
+        index.add(X)
+        return index
 
-    def search(self, Q: np.ndarray, k: int) -> np.ndarray:
+    def _search_params(self, n_candidates: int):
         import faiss
 
-        n_candidates = min(k * self._params["candidates"], self._index.ntotal)
-        search_params = faiss.SearchParametersIVF(nprobe=self._params["nprobe"])
-        _, ids = self._index.search(Q, n_candidates, params=search_params)
-        return ids
-
-    def to_bytes(self) -> bytes | None:
-        return _faiss_to_bytes(self._index)
+        return faiss.SearchParametersIVF(nprobe=self._params["nprobe"])
 
 
 def _faiss_to_bytes(index) -> bytes:
