@@ -114,4 +114,6 @@ PYBIND11_MODULE(_core, m) {
     return out;
   });
   m.def("max_threads", &dtpm::max_threads, "Threads the OpenMP kernels use.");
+  m.def("set_max_threads", &dtpm::set_max_threads, py::arg("n"),
+        "Sets the threads the OpenMP kernels use (the native core's OpenMP runtime, not FAISS's).");
 }

@@ -130,6 +130,13 @@ template void posterior_scores<double>(const double*, int64_t, int64_t, int64_t,
 
 std::string active_isa() { return isa().name; }
 
+void set_max_threads(int n) {
+  if (n < 1) throw std::invalid_argument("set_max_threads: need at least 1 thread, got " + std::to_string(n));
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#endif
+}
+
 int max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();

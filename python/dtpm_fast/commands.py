@@ -319,17 +319,12 @@ def _use_device(model, device: str) -> None:
 
 def set_threads(n: int) -> None:
     """Use ``n`` CPU threads in FAISS, the native core and (if loaded) torch."""
-    import ctypes
-
     import faiss
 
+    from dtpm_fast import _core
+
     faiss.omp_set_num_threads(n)
-    # The native core uses the system OpenMP runtime (FAISS bundles its own copy); its
-    # thread count is read from the calling thread's OpenMP settings.
-    try:
-        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(n)
-    except OSError:
-        os.environ["OMP_NUM_THREADS"] = str(n)
+    _core.set_max_threads(n)  # the native core has its own OpenMP runtime (FAISS bundles another)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
 

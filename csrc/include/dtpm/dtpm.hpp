@@ -69,4 +69,8 @@ std::string active_isa();
 /// Threads the OpenMP kernels use (1 without OpenMP).
 int max_threads();
 
+/// Sets the threads the OpenMP kernels use from now on (no effect without OpenMP).
+/// @throws std::invalid_argument if n < 1.
+void set_max_threads(int n);
+
 }  // namespace dtpm
