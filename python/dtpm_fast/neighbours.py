@@ -17,7 +17,7 @@ INDEX_KINDS = ("auto", "flat", "kdtree", "hnsw", "ivf")
 
 # "auto": exact search always; a KD-tree wins at low dimension, FAISS's BLAS-based flat
 # search above it (bench/README.md, "Choosing the index", has the measurements).
-AUTO_KDTREE_MAX_DIM = 12
+AUTO_KDTREE_MAX_DIM = 10
 
 _DEFAULTS = {
     "flat": {},
