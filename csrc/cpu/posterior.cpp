@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "dtpm/dtpm.hpp"
+#include "dtpm/posterior_arguments.hpp"
 #include "posterior_grid.hpp"
 
 #ifdef _OPENMP
@@ -89,12 +90,7 @@ void check_schedule(const Schedule& s) {
 template <typename Real>
 void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_features, const Schedule& schedule,
                       int32_t* mode, double* mean, double* posterior) {
-  if (n < 0) throw std::invalid_argument("posterior_scores: n must be >= 0");
-  if (k < 1) throw std::invalid_argument("posterior_scores: need at least one neighbour per row");
-  if (n_features <= 2)
-    throw std::invalid_argument(
-        "posterior_scores: n_features must be > 2 (the inverse-Gamma shape d/2 - 1 must be positive), got " +
-        std::to_string(n_features));
+  check_posterior_arguments(n, k, n_features);
   check_schedule(schedule);
   const detail::Grid grid = detail::make_grid(schedule);
   const detail::BlockScoresFn block_scores = isa().block_scores;

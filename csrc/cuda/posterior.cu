@@ -13,6 +13,7 @@
 #include <string>
 
 #include "check.cuh"
+#include "dtpm/posterior_arguments.hpp"
 #include "dtpm_cuda.hpp"
 #include "launch.cuh"
 
@@ -174,12 +175,7 @@ template <typename Real>
 void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_features,
                       const DeviceSchedule& schedule, int32_t* mode, double* mean, double* posterior,
                       int32_t* status, StreamHandle stream) {
-  if (n < 0) throw std::invalid_argument("posterior_scores: n must be >= 0");
-  if (k < 1) throw std::invalid_argument("posterior_scores: need at least one neighbour per row");
-  if (n_features <= 2)
-    throw std::invalid_argument(
-        "posterior_scores: n_features must be > 2 (the inverse-Gamma shape d/2 - 1 must be positive), got " +
-        std::to_string(n_features));
+  check_posterior_arguments(n, k, n_features);
   if (schedule.T < 1) throw std::invalid_argument("posterior_scores: schedule T must be >= 1");
   if (n == 0 || (!mode && !mean && !posterior)) return;
 
