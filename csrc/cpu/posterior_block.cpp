@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "posterior_grid.hpp"
 
@@ -137,12 +138,18 @@ inline double windowed_mean(float b, float c, int64_t m, const Grid& g) {
 }  // namespace
 
 void DTPM_CONCAT(block_scores_, DTPM_ISA)(const double* half_d2, int64_t rows, double c, const Grid& g,
-                                          int32_t* mode, double* mean, double* posterior) {
+                                          const MeanTable* table, int32_t* mode, double* mean,
+                                          double* posterior) {
   const int64_t T = g.T;
+  // From this b on, term T-2 weighs under e^-745 of term T-1 (0 in double): all mass at T-1.
+  // (Also keeps b within float range for the windowed sum.)
+  const double b_all_last =
+      T < 2 ? std::numeric_limits<double>::infinity()
+            : (c * (g.log_s2[T - 1] - g.log_s2[T - 2]) + 745.0) / (g.inv_s2[T - 2] - g.inv_s2[T - 1]);
   for (int64_t i = 0; i < rows; ++i) {
     const double b = half_d2[i];
     double* post_row = posterior ? posterior + i * T : nullptr;
-    if (b == 0.0 || std::isinf(b)) {  // degenerate: all mass on one end of the grid
+    if (b == 0.0 || b >= b_all_last) {  // degenerate: all mass on one end of the grid
       const int64_t at = b == 0.0 ? 0 : T - 1;
       if (mode) mode[i] = static_cast<int32_t>(at);
       if (mean) mean[i] = static_cast<double>(at);
@@ -152,14 +159,23 @@ void DTPM_CONCAT(block_scores_, DTPM_ISA)(const double* half_d2, int64_t rows, d
       }
       continue;
     }
-    const double s_star = b / c;
-    const double* boundary = g.boundary.data();
-    const int64_t m = partition_point(0, T - 1, [&](int64_t t) { return boundary[t] < s_star; });
-    if (mode) mode[i] = static_cast<int32_t>(m);
+    // The grid mode: how many swap points lie below the continuous mode b / c.
+    auto grid_mode = [&] {
+      const double s_star = b / c;
+      const double* boundary = g.boundary.data();
+      return partition_point(0, T - 1, [&](int64_t t) { return boundary[t] < s_star; });
+    };
     if (post_row) {
+      const int64_t m = grid_mode();
+      if (mode) mode[i] = static_cast<int32_t>(m);
       full_posterior(b, c, m, g, post_row, mean ? mean + i : nullptr);
-    } else if (mean) {
-      mean[i] = windowed_mean(static_cast<float>(b), static_cast<float>(c), m, g);
+      continue;
+    }
+    const bool tabulated = mean && table && table->lookup(b, mean + i);
+    if (mode || (mean && !tabulated)) {
+      const int64_t m = grid_mode();
+      if (mode) mode[i] = static_cast<int32_t>(m);
+      if (mean && !tabulated) mean[i] = windowed_mean(static_cast<float>(b), static_cast<float>(c), m, g);
     }
   }
 }

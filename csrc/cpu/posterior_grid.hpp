@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "dtpm/dtpm.hpp"
@@ -32,14 +33,52 @@ struct Grid {
 
 Grid make_grid(const Schedule& schedule);
 
-/// Scores `rows` rows given b = D2/2 per row; outputs may be nullptr (host memory).
-using BlockScoresFn = void (*)(const double* half_d2, int64_t rows, double c, const Grid& grid, int32_t* mode,
-                               double* mean, double* posterior);
+/// The posterior mean as a function of b alone (the grid and c = d/2 are fixed within a call),
+/// tabulated for calls with many rows: a cubic Hermite piece per interval, from the exact mean
+/// and its derivative at both ends. Knots are uniform in b within each octave, P = 2^bits per
+/// octave, so a row's interval and position come from the bits of its double b: no log, no
+/// search. Built only when checked at every interval midpoint against the exact mean
+/// (posterior_table.cpp); rows outside the tabulated octaves use the windowed sum.
+struct MeanTable {
+  int shift = 52;          ///< 52 - log2(knots per octave): mantissa bits below an interval
+  double unit = 0.0;       ///< 2^-shift: those bits as a position in [0, 1)
+  uint64_t first_key = 0;  ///< the lowest knot's double bits, shifted right by `shift`
+  uint64_t intervals = 0;  ///< 0: no table
+  /// [intervals][4] coefficients of p(u) = c0 + u (c1 + u (c2 + u c3)), u in [0, 1) within an interval.
+  std::vector<double> coefficients;
 
-void block_scores_baseline(const double*, int64_t, double, const Grid&, int32_t*, double*, double*);
+  /// The tabulated mean at b (> 0, finite) in *mean, or false when b lies outside the table.
+  bool lookup(double b, double* mean) const {
+    uint64_t key;
+    std::memcpy(&key, &b, sizeof key);
+    const uint64_t interval = (key >> shift) - first_key;  // wraps around below the table
+    if (interval >= intervals) return false;
+    const double u = static_cast<double>(key & ((uint64_t{1} << shift) - 1)) * unit;
+    const double* p = coefficients.data() + 4 * interval;
+    *mean = p[0] + u * (p[1] + u * (p[2] + u * p[3]));
+    return true;
+  }
+};
+
+/// The table for rows whose b lies in [b_lo, b_hi], or an empty one (intervals == 0) when it
+/// would need more than max_evaluations exact means or misses kTableTolerance somewhere.
+MeanTable make_mean_table(const Grid& grid, double c, double b_lo, double b_hi, int64_t max_evaluations);
+
+/// Largest error of the tabulated mean at any interval midpoint, in grid steps.
+constexpr double kTableTolerance = 1e-5;
+
+/// Scores `rows` rows given b = D2/2 per row; outputs may be nullptr (host memory). The mean
+/// comes from `table` where it covers b (table may be nullptr), else from the windowed sum.
+using BlockScoresFn = void (*)(const double* half_d2, int64_t rows, double c, const Grid& grid,
+                               const MeanTable* table, int32_t* mode, double* mean, double* posterior);
+
+void block_scores_baseline(const double*, int64_t, double, const Grid&, const MeanTable*, int32_t*, double*,
+                           double*);
 #if defined(DTPM_DISPATCH_X86)
-void block_scores_x86_64_v3(const double*, int64_t, double, const Grid&, int32_t*, double*, double*);
-void block_scores_x86_64_v4(const double*, int64_t, double, const Grid&, int32_t*, double*, double*);
+void block_scores_x86_64_v3(const double*, int64_t, double, const Grid&, const MeanTable*, int32_t*, double*,
+                            double*);
+void block_scores_x86_64_v4(const double*, int64_t, double, const Grid&, const MeanTable*, int32_t*, double*,
+                            double*);
 #endif
 
 }  // namespace dtpm::detail

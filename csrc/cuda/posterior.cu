@@ -82,6 +82,13 @@ __device__ double half_mean_sqdist(const Real* row, int64_t k, int32_t* status) 
   return 0.5 * total / static_cast<double>(k);
 }
 
+/// The b from which term T-2 weighs under e^-745 of term T-1 (0 in double): all mass at T-1,
+/// as on the host.
+__device__ double b_all_last(const GridView& g, double c) {
+  if (g.T < 2) return INFINITY;
+  return (c * (g.L[g.T - 1] - g.L[g.T - 2]) + 745.0) / (g.I[g.T - 2] - g.I[g.T - 1]);
+}
+
 __device__ int64_t grid_mode(const GridView& g, double b, double c) {
   const double s_star = b / c;
   return partition_point(0, g.T - 1, [&](int64_t t) { return g.boundary(t) < s_star; });
@@ -94,10 +101,11 @@ __global__ void __launch_bounds__(kThreads)
                      bool use_shared, int32_t* __restrict__ mode, double* __restrict__ mean,
                      int32_t* status) {
   const GridView g = load_grid(L_g, I_g, T, use_shared);
+  const double b_last = b_all_last(g, c);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const double b = half_mean_sqdist(sqdist + i * k, k, status);
-    if (b == 0.0 || isinf(b)) {  // degenerate: all mass on one end of the grid
+    if (b == 0.0 || b >= b_last) {  // degenerate: all mass on one end of the grid
       const int64_t at = b == 0.0 ? 0 : T - 1;
       if (mode) mode[i] = static_cast<int32_t>(at);
       if (mean) mean[i] = static_cast<double>(at);
@@ -133,13 +141,14 @@ __global__ void __launch_bounds__(kThreads)
                           bool use_shared, int32_t* __restrict__ mode, double* __restrict__ mean,
                           double* __restrict__ posterior, int32_t* status) {
   const GridView g = load_grid(L_g, I_g, T, use_shared);
+  const double b_last = b_all_last(g, c);
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   // Whole warps iterate together (same i), so the full-mask shuffles below are safe.
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp; i < n; i += warps) {
     double* row = posterior + i * T;
     const double b = half_mean_sqdist(sqdist + i * k, k, lane == 0 ? status : nullptr);
-    if (b == 0.0 || isinf(b)) {
+    if (b == 0.0 || b >= b_last) {
       const int64_t at = b == 0.0 ? 0 : T - 1;
       for (int64_t t = lane; t < T; t += kWarp) row[t] = t == at ? 1.0 : 0.0;
       if (lane == 0) {
