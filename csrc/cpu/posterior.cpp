@@ -50,6 +50,9 @@ Grid make_grid(const Schedule& s) {
 namespace {
 
 constexpr int64_t kRowsPerBlock = 512;
+/// Fewer rows run on the calling thread: ~1 ms of work or less, where waking a second thread
+/// costs more than it saves, and much more when another process holds the other cores.
+constexpr int64_t kParallelMinRows = 16384;
 /// The mean table is built when it costs at most one exact evaluation (~1.4 us, ~10-16 rows of
 /// the windowed sum) per this many rows: then it at least halves the cost of the means.
 constexpr int64_t kRowsPerTableEvaluation = 32;
@@ -117,7 +120,7 @@ void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_featur
   if (mean && !posterior && max_evaluations > 0) {
     double b_lo = std::numeric_limits<double>::infinity(), b_hi = 0.0;
 #pragma omp parallel for schedule(static) reduction(min : b_lo) \
-    reduction(max : b_hi) if (n > 4 * kRowsPerBlock)
+    reduction(max : b_hi) if (n >= kParallelMinRows)
     for (int64_t i = 0; i < n; ++i) {
       const double b = half_mean_sqdist(sqdist + i * k, k);
       if (b > 0.0 && b < std::numeric_limits<double>::infinity()) {  // false for NaN, found below
@@ -129,7 +132,7 @@ void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_featur
   }
   const detail::MeanTable* table_used = table.intervals > 0 ? &table : nullptr;
 
-#pragma omp parallel for schedule(static) reduction(| : saw_nan) if (n > 4 * kRowsPerBlock)
+#pragma omp parallel for schedule(static) reduction(| : saw_nan) if (n >= kParallelMinRows)
   for (int64_t blk = 0; blk < n_blocks; ++blk) {
     const int64_t begin = blk * kRowsPerBlock;
     const int64_t rows = std::min(kRowsPerBlock, n - begin);
