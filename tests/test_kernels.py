@@ -61,6 +61,22 @@ def test_tabulated_mean_matches_oracle(d, T):
     np.testing.assert_array_equal(mean_only, mean)
 
 
+@pytest.mark.parametrize("T", [2, 3, 300, 400])
+def test_mode_counts_the_swap_points_below_the_continuous_mode(T):
+    """The grid mode is the number of swap points b* (f_t = f_t+1) below b/c, exactly, also on
+    and next to each swap point, below the first and above the last."""
+    grid = PosteriorGrid.for_steps(T)
+    log_s2, inv_s2 = grid.log_sigma2, grid.inv_sigma2
+    swap = (log_s2[1:] - log_s2[:-1]) / (inv_s2[:-1] - inv_s2[1:])  # increasing, in sigma2 units
+    s_star = np.concatenate([swap, np.nextafter(swap, 0), np.nextafter(swap, np.inf),
+                             [swap[0] / 1e3, swap[-1] * 1e3, 1e-300, 1e300]])
+    d = 10  # c = d / 2; one neighbour with D2 = 2 b = 2 c s_star, so b / c = s_star
+    sq = (2.0 * (d / 2.0) * s_star)[:, None]
+    mode, _, _ = _core.posterior(sq, d, log_s2, inv_s2, True, False, False)
+    s_seen = (sq[:, 0] / 2.0) / (d / 2.0)  # b / c as the kernel computes it
+    np.testing.assert_array_equal(mode, np.searchsorted(swap, s_seen, side="left"))
+
+
 def test_tabulated_mean_with_extreme_rows():
     """Rows far outside the tabulated octaves, zero and infinite distances, in one large call."""
     rng = np.random.default_rng(7)

@@ -42,6 +42,24 @@ Grid make_grid(const Schedule& s) {
     // f_{t+1} > f_t  <=>  b/c > (L_{t+1} - L_t) / (I_t - I_{t+1}), a mean of sigma2_t, sigma2_{t+1}.
     g.boundary[t] = (s.log_sigma2[t + 1] - s.log_sigma2[t]) / (s.inv_sigma2[t] - s.inv_sigma2[t + 1]);
   }
+  // Mode buckets from the first boundary's to the last boundary's (at most 2^16 of them).
+  if (s.T >= 2) {
+    auto key_of = [](double v) {
+      uint64_t bits;
+      std::memcpy(&bits, &v, sizeof bits);
+      return bits >> (52 - kModeBucketBits);
+    };
+    const uint64_t first = key_of(g.boundary.front()), last = key_of(g.boundary.back());
+    if (g.boundary.front() > 0.0 && last - first < (uint64_t{1} << 16)) {
+      g.first_bucket_key = first;
+      g.boundaries_below_bucket.resize(static_cast<size_t>(last - first + 1));
+      int64_t below = 0;
+      for (uint64_t q = first; q <= last; ++q) {
+        while (below < s.T - 1 && key_of(g.boundary[below]) < q) ++below;
+        g.boundaries_below_bucket[q - first] = static_cast<int32_t>(below);
+      }
+    }
+  }
   return g;
 }
 

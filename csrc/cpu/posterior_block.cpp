@@ -52,19 +52,6 @@ inline vfloat exp2_nonpositive(vfloat x) {
   return p * (vfloat)bits;  // same-size vector cast: a bit cast
 }
 
-/// First index in [lo, hi) where before(index) is false; before must be true, then false.
-template <typename Pred>
-inline int64_t partition_point(int64_t lo, int64_t hi, Pred before) {
-  int64_t n = hi - lo;
-  if (n <= 0) return lo;
-  while (n > 1) {
-    const int64_t half = n / 2;
-    lo = before(lo + half - 1) ? lo + half : lo;
-    n -= half;
-  }
-  return lo + (before(lo) ? 1 : 0);
-}
-
 /// Full posterior of one row: every grid point, log-weights in double before the float exp.
 inline void full_posterior(double b, double c, int64_t m, const Grid& g, double* post_row, double* mean) {
   const int64_t T = g.T;
@@ -160,11 +147,7 @@ void DTPM_CONCAT(block_scores_, DTPM_ISA)(const double* half_d2, int64_t rows, d
       continue;
     }
     // The grid mode: how many swap points lie below the continuous mode b / c.
-    auto grid_mode = [&] {
-      const double s_star = b / c;
-      const double* boundary = g.boundary.data();
-      return partition_point(0, T - 1, [&](int64_t t) { return boundary[t] < s_star; });
-    };
+    auto grid_mode = [&] { return g.mode_of(b / c); };
     if (post_row) {
       const int64_t m = grid_mode();
       if (mode) mode[i] = static_cast<int32_t>(m);

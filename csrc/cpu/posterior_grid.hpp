@@ -16,6 +16,9 @@ constexpr int64_t kChunk = 16;
 /// moves the mean by less than 1e-7 of the grid range.
 constexpr float kWindowBits = 33.0f;
 constexpr double kLog2e = 1.4426950408889634;
+/// Mode buckets per octave of sigma2*, as a power of 2: 256 keep at most a few boundaries per
+/// bucket on the default grids (consecutive sigma2 differ by >= 0.28%).
+constexpr int kModeBucketBits = 8;
 
 /// The grid plus what every row reuses.
 struct Grid {
@@ -24,6 +27,38 @@ struct Grid {
   int64_t T;
   /// [T-1] boundary[t]: the sigma2* = b/c above which term t+1 outweighs term t (increasing).
   std::vector<double> boundary;
+  /// Buckets over sigma2*, 2^kModeBucketBits per octave (by the bits of the double), each with
+  /// the number of boundaries below its start; empty when the grid spans too many octaves.
+  std::vector<int32_t> boundaries_below_bucket;
+  uint64_t first_bucket_key = 0;
+
+  /// The grid mode for the continuous mode s_star = b/c (> 0): the number of boundaries below
+  /// it. A bucket lookup plus the one or two boundaries inside the bucket; a binary search
+  /// when there are no buckets. Both count the same boundaries, so they agree exactly.
+  int64_t mode_of(double s_star) const {
+    const int64_t n_boundaries = T - 1;
+    if (!boundaries_below_bucket.empty()) {
+      uint64_t key;
+      std::memcpy(&key, &s_star, sizeof key);
+      const uint64_t bucket = (key >> (52 - kModeBucketBits)) - first_bucket_key;
+      if (bucket >= boundaries_below_bucket.size())  // wraps around below the first bucket
+        return (key >> (52 - kModeBucketBits)) < first_bucket_key ? 0 : n_boundaries;
+      int64_t m = boundaries_below_bucket[bucket];
+      while (m < n_boundaries && boundary[m] < s_star) ++m;
+      return m;
+    }
+    int64_t lo = 0, n = n_boundaries;  // first index whose boundary is >= s_star
+    while (n > 0) {
+      const int64_t half = n / 2;
+      if (boundary[lo + half] < s_star) {
+        lo += half + 1;
+        n -= half + 1;
+      } else {
+        n = half;
+      }
+    }
+    return lo;
+  }
   /// log2(e) log sigma2_t and log2(e) / sigma2_t in float32, padded by kChunk entries on each
   /// side whose weight underflows, so whole chunks can be read past either end of the grid.
   std::vector<float> log2_s2_padded, inv2_s2_padded;
