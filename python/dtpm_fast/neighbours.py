@@ -15,9 +15,10 @@ from dtpm_fast._validation import check_int
 
 INDEX_KINDS = ("auto", "flat", "brute", "kdtree", "hnsw", "ivf")
 
-# "auto": exact search always; a KD-tree wins at low dimension, FAISS's BLAS-based flat
-# search above it (bench/README.md, "Choosing the index", has the measurements).
-AUTO_KDTREE_MAX_DIM = 10
+# "auto": exact search always; a KD-tree wins at very low dimension, the native brute force
+# above it (4-15x faster than FAISS flat at every size measured; bench/README.md, "Choosing the
+# index", and bench/results/index_choice.md have the measurements).
+AUTO_KDTREE_MAX_DIM = 5
 
 _DEFAULTS = {
     "flat": {},
@@ -34,7 +35,7 @@ def resolve_kind(kind: str, n_train: int, n_features: int) -> str:
         raise ValueError(f"index must be one of {INDEX_KINDS}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "kdtree" if n_features <= AUTO_KDTREE_MAX_DIM else "flat"
+    return "kdtree" if n_features <= AUTO_KDTREE_MAX_DIM else "brute"
 
 
 def resolve_params(kind: str, params: dict | None) -> dict:
