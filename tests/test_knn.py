@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from oracles import knn_sqdist_oracle
@@ -16,6 +20,11 @@ def all_sqdist(Q, X):
 
 def check_against_oracle(Q, X, k, rtol=1e-5):
     sqdist, ids = _core.BruteForceIndex(X).search(Q, k)
+    check_result(Q, X, k, sqdist, ids, rtol)
+    return sqdist, ids
+
+
+def check_result(Q, X, k, sqdist, ids, rtol=1e-5):
     assert sqdist.dtype == np.float32 and ids.dtype == np.int64
     assert sqdist.shape == ids.shape == (len(Q), k)
     assert ((ids >= 0) & (ids < len(X))).all()
@@ -35,7 +44,6 @@ def check_against_oracle(Q, X, k, rtol=1e-5):
         clear = sorted_d[:, k] - sorted_d[:, k - 1] > 1e-4 * scale[:, 0]
         assert clear.mean() > 0.5
         np.testing.assert_array_equal(np.sort(ids[clear], axis=1), np.sort(order[clear, :k], axis=1))
-    return sqdist, ids
 
 
 # n_train and n_query off every multiple of the lanes (4/8/16), group (x2), query tile (4/8)
@@ -55,6 +63,37 @@ def test_matches_oracle_at_odd_sizes(n_train, n_query, d, k):
     X = rng.standard_normal((n_train, d), dtype=np.float32)
     Q = rng.standard_normal((n_query, d), dtype=np.float32)
     check_against_oracle(Q, X, k)
+
+
+ISA_CASES = [(1, 3, 1, 1), (7, 9, 17, 1), (97, 13, 100, 97), (4099, 101, 17, 7), (2051, 65, 3, 5)]
+ISA_CHILD = """
+import sys, numpy as np, dtpm_fast
+from dtpm_fast import _core
+out = {"simd": np.array(dtpm_fast.build_info()["simd"])}
+for i, (n, m, d, k) in enumerate(eval(sys.argv[2])):
+    rng = np.random.default_rng(n * 7 + d)
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    Q = rng.standard_normal((m, d), dtype=np.float32)
+    out[f"d{i}"], out[f"i{i}"] = _core.BruteForceIndex(X).search(Q, k)
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.parametrize("isa, name", [("baseline", "baseline"), ("x86-64-v3", "AVX2")])
+def test_lower_instruction_sets_match_oracle(tmp_path, isa, name):
+    # Every compiled variant of the scan (lane width 4 / 8 / 16) on this machine, in a child
+    # process because the instruction set is chosen once per process.
+    path = tmp_path / "out.npz"
+    env = {**os.environ, "DTPM_FORCE_ISA": isa}
+    subprocess.run([sys.executable, "-c", ISA_CHILD, str(path), repr(ISA_CASES)], env=env, check=True)
+    with np.load(path) as out:
+        if name not in str(out["simd"]):
+            pytest.skip(f"this CPU or build has no {isa} variant (got {out['simd']})")
+        for i, (n, m, d, k) in enumerate(ISA_CASES):
+            rng = np.random.default_rng(n * 7 + d)
+            X = rng.standard_normal((n, d), dtype=np.float32)
+            Q = rng.standard_normal((m, d), dtype=np.float32)
+            check_result(Q, X, k, out[f"d{i}"], out[f"i{i}"])
 
 
 def test_training_set_larger_than_a_cache_chunk():

@@ -99,11 +99,13 @@ struct BuildInfo {
   std::string version;
   std::string compiler;
   bool openmp = false;
-  std::string simd;  ///< The instruction set the posterior kernel dispatches to (active_isa()).
+  std::string simd;  ///< The instruction set the native kernels dispatch to (active_isa()).
 };
 BuildInfo build_info();
 
-/// The instruction set the posterior kernel dispatches to on this CPU, e.g. "x86-64-v4 (AVX-512)".
+/// The instruction set the posterior kernel and the k-NN scan dispatch to on this CPU, e.g.
+/// "x86-64-v4 (AVX-512)": the best one the CPU supports, or a lower one named by the environment
+/// variable DTPM_FORCE_ISA (baseline, x86-64-v3, x86-64-v4), read once per process.
 std::string active_isa();
 
 /// Threads the OpenMP kernels use (1 without OpenMP).
