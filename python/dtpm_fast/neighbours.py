@@ -16,7 +16,7 @@ from dtpm_fast._validation import check_int
 INDEX_KINDS = ("auto", "flat", "brute", "kdtree", "hnsw", "ivf")
 
 # "auto": exact search always; a KD-tree wins at very low dimension, the native brute force
-# above it (4-15x faster than FAISS flat at every size measured; bench/README.md, "Choosing the
+# above it (3-30x faster than FAISS flat at every size measured; bench/README.md, "Choosing the
 # index", and bench/results/index_choice.md have the measurements).
 AUTO_KDTREE_MAX_DIM = 5
 
