@@ -34,7 +34,7 @@ def problem(request, size, gaussian_rows):
     return gaussian_rows(n, d, 10 + d), gaussian_rows(n, d, 20 + d)
 
 
-@pytest.mark.parametrize("index", ["flat", "kdtree", "hnsw", "ivf"])
+@pytest.mark.parametrize("index", ["flat", "brute", "kdtree", "hnsw", "ivf"])
 def test_dtpm_decision_function(benchmark, problem, bench_size, index):
     train, queries = problem
     n, d = train.shape

@@ -20,6 +20,7 @@ def _torch_factory(name, **params):
 TINY_NET = dict(hidden_sizes=(16, 16, 16), epochs=2, batch_size=32, random_state=0, device="cpu")
 FACTORIES = {
     "np-flat": lambda: DTPMNonParametric(index="flat"),
+    "np-brute": lambda: DTPMNonParametric(index="brute"),
     "np-kdtree-mode": lambda: DTPMNonParametric(index="kdtree", score="mode"),
     "np-hnsw": lambda: DTPMNonParametric(index="hnsw"),
     "np-ivf": lambda: DTPMNonParametric(index="ivf", index_params={"nlist": 4, "nprobe": 2}),

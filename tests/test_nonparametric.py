@@ -97,7 +97,7 @@ def test_auto_index_by_dimension():
     rng = np.random.default_rng(4)
     low = DTPMNonParametric().fit(rng.standard_normal((100, 5)))
     high = DTPMNonParametric().fit(rng.standard_normal((100, 40)))
-    assert low.index_kind_ == "kdtree" and high.index_kind_ == "flat"
+    assert low.index_kind_ == "kdtree" and high.index_kind_ == "brute"
 
 
 def test_float32_c_contiguous_input_is_not_copied(data):

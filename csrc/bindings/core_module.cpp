@@ -78,6 +78,35 @@ py::tuple neighbour_sqdist(CArray<Real> queries, CArray<Real> train, CArray<int6
   return py::make_tuple(sqdist, contrib ? py::object(*contrib) : py::none());
 }
 
+/// float32, C-contiguous, 2-D, or a ValueError naming the argument (no silent conversion: a
+/// copy of a large training set or query batch should be the caller's choice).
+py::array_t<float> require_float32_matrix(const py::array& a, const char* name) {
+  if (!py::isinstance<py::array_t<float>>(a) || !(a.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string(name) + " must be a C-contiguous float32 array; got dtype " +
+                                std::string(py::str(a.dtype())) +
+                                " (use np.ascontiguousarray(x, dtype=np.float32))");
+  require_ndim(a, 2, name);
+  return py::array_t<float>::ensure(a);
+}
+
+py::tuple knn_search(const dtpm::BruteForceKnn& index, const py::array& queries, int64_t k) {
+  py::array_t<float> q = require_float32_matrix(queries, "queries");
+  if (q.shape(1) != index.dim())
+    throw std::invalid_argument("queries have " + std::to_string(q.shape(1)) +
+                                " features but the index has " + std::to_string(index.dim()));
+  const int64_t m = q.shape(0);
+  py::array_t<float> sqdist(std::vector<py::ssize_t>{m, k > 0 ? k : 0});
+  py::array_t<int64_t> ids(std::vector<py::ssize_t>{m, k > 0 ? k : 0});
+  const float* q_ptr = q.data();
+  float* d_ptr = sqdist.mutable_data();
+  int64_t* i_ptr = ids.mutable_data();
+  {
+    py::gil_scoped_release release;
+    index.search(q_ptr, m, k, d_ptr, i_ptr);
+  }
+  return py::make_tuple(sqdist, ids);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -103,6 +132,21 @@ PYBIND11_MODULE(_core, m) {
         py::arg("want_contribution") = false, nd_doc);
   m.def("neighbour_sqdist", &neighbour_sqdist<float>, py::arg("queries"), py::arg("train"), py::arg("ids"),
         py::arg("want_contribution") = false);
+
+  py::class_<dtpm::BruteForceKnn>(m, "BruteForceIndex",
+                                  "Exact brute-force k-NN over float32 rows (squared L2); copies the rows.")
+      .def(py::init([](const py::array& train) {
+             py::array_t<float> x = require_float32_matrix(train, "train");
+             const float* ptr = x.data();
+             const int64_t n = x.shape(0), d = x.shape(1);
+             py::gil_scoped_release release;
+             return new dtpm::BruteForceKnn(ptr, n, d);
+           }),
+           py::arg("train"))
+      .def("search", &knn_search, py::arg("queries"), py::arg("k"),
+           "search(queries float32 [m, d], k) -> (sqdist float32 [m, k], ids int64 [m, k]), nearest first")
+      .def_property_readonly("ntotal", &dtpm::BruteForceKnn::size)
+      .def_property_readonly("d", &dtpm::BruteForceKnn::dim);
 
   m.def("build_info", [] {
     const dtpm::BuildInfo info = dtpm::build_info();

@@ -17,6 +17,7 @@
 
 #include "dtpm/dtpm.hpp"
 #include "dtpm/posterior_arguments.hpp"
+#include "isa.hpp"
 #include "posterior_grid.hpp"
 
 #ifdef _OPENMP
@@ -90,17 +91,17 @@ struct IsaChoice {
 
 /// The per-row routine compiled for the best instruction set this CPU supports.
 IsaChoice pick_isa() {
+  const detail::Isa which = detail::detect_isa();
+  switch (which) {
 #if defined(DTPM_DISPATCH_X86)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return {detail::block_scores_x86_64_v4, "x86-64-v4 (AVX-512)"};
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {detail::block_scores_x86_64_v3, "x86-64-v3 (AVX2, FMA)"};
-  return {detail::block_scores_baseline, "x86-64 baseline (SSE2)"};
-#else
-  return {detail::block_scores_baseline, "baseline (compiler default vector width)"};
+    case detail::Isa::x86_64_v4:
+      return {detail::block_scores_x86_64_v4, detail::isa_name(which)};
+    case detail::Isa::x86_64_v3:
+      return {detail::block_scores_x86_64_v3, detail::isa_name(which)};
 #endif
+    default:
+      return {detail::block_scores_baseline, detail::isa_name(which)};
+  }
 }
 
 const IsaChoice& isa() {

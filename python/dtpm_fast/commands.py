@@ -133,8 +133,8 @@ def _register_fit(subparsers) -> None:
                      "inverse-gamma: neural network (needs torch)")
     fit.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write")
     fit.add_argument("--n-neighbors", dest="n_neighbors", type=_positive_int, metavar="K", help="np: K")
-    fit.add_argument("--index", choices=("auto", "flat", "kdtree", "hnsw", "ivf"),
-                     help="np: neighbour index (flat/kdtree exact, hnsw/ivf approximate + exact re-ranking)")
+    fit.add_argument("--index", choices=("auto", "flat", "brute", "kdtree", "hnsw", "ivf"),
+                     help="np: neighbour index (flat/brute/kdtree exact, hnsw/ivf approximate + exact re-ranking)")
     fit.add_argument("--index-param", dest="index_params", type=_key_value, action="append",
                      metavar="KEY=VALUE", help="np: index parameter, e.g. ef_search=32 (repeatable)")
     fit.add_argument("--score", choices=("mean", "mode"), help="np: posterior mean (default) or mode of t")

@@ -13,14 +13,16 @@ import numpy as np
 
 from dtpm_fast._validation import check_int
 
-INDEX_KINDS = ("auto", "flat", "kdtree", "hnsw", "ivf")
+INDEX_KINDS = ("auto", "flat", "brute", "kdtree", "hnsw", "ivf")
 
-# "auto": exact search always; a KD-tree wins at low dimension, FAISS's BLAS-based flat
-# search above it (bench/README.md, "Choosing the index", has the measurements).
-AUTO_KDTREE_MAX_DIM = 10
+# "auto": exact search always; a KD-tree wins at very low dimension, the native brute force
+# above it (3-30x faster than FAISS flat at every size measured; bench/README.md, "Choosing the
+# index", and bench/results/index_choice.md have the measurements).
+AUTO_KDTREE_MAX_DIM = 5
 
 _DEFAULTS = {
     "flat": {},
+    "brute": {},
     "kdtree": {"leafsize": 16},
     "hnsw": {"M": 32, "ef_construction": 40, "ef_search": 16, "candidates": 2},
     "ivf": {"nlist": None, "nprobe": 8, "candidates": 2},
@@ -33,7 +35,7 @@ def resolve_kind(kind: str, n_train: int, n_features: int) -> str:
         raise ValueError(f"index must be one of {INDEX_KINDS}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "kdtree" if n_features <= AUTO_KDTREE_MAX_DIM else "flat"
+    return "kdtree" if n_features <= AUTO_KDTREE_MAX_DIM else "brute"
 
 
 def resolve_params(kind: str, params: dict | None) -> dict:
@@ -71,6 +73,30 @@ class FlatIndex:
 
     def to_bytes(self) -> bytes | None:
         return None  # rebuilt from the training rows, which are saved anyway
+
+
+class BruteIndex:
+    """Exact search: dtpm_fast's native brute force (``_core.BruteForceIndex``).
+
+    Distances are accumulated in registers for a tile of queries against a group of training
+    rows and only candidates that beat a query's current K-th best enter its top-K list, so no
+    query x train distance matrix is written (unlike a BLAS-based flat search). Ties go to the
+    smaller training row id.
+    """
+
+    exact = True
+
+    def __init__(self, X: np.ndarray, params: dict):
+        from dtpm_fast import _core
+
+        self._index = _core.BruteForceIndex(np.ascontiguousarray(X, dtype=np.float32))
+
+    def search(self, Q: np.ndarray, k: int) -> np.ndarray:
+        _, ids = self._index.search(np.ascontiguousarray(Q, dtype=np.float32), k)
+        return ids
+
+    def to_bytes(self) -> bytes | None:
+        return None  # rebuilt from the training rows (packing them is one pass over the data)
 
 
 class KDTreeIndex:
@@ -160,7 +186,7 @@ def _faiss_from_bytes(data: bytes):
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
-_CLASSES = {"flat": FlatIndex, "kdtree": KDTreeIndex, "hnsw": HNSWIndex, "ivf": IVFIndex}
+_CLASSES = {"flat": FlatIndex, "brute": BruteIndex, "kdtree": KDTreeIndex, "hnsw": HNSWIndex, "ivf": IVFIndex}
 
 
 def build_index(kind: str, X: np.ndarray, params: dict, serialized: bytes | None = None):

@@ -30,10 +30,11 @@ class DTPMNonParametric(BaseDetector):
     score : {"mean", "mode"}, default "mean"
         Posterior mean of t (reproduces the paper's table) or the grid argmax (the authors'
         public code).
-    index : {"auto", "flat", "kdtree", "hnsw", "ivf"}, default "auto"
-        Neighbour search. "flat" (FAISS) and "kdtree" (SciPy) are exact; "hnsw" and "ivf" are
-        approximate FAISS indexes whose candidates are re-ranked with exact distances; "auto"
-        picks an exact index by dimension.
+    index : {"auto", "flat", "brute", "kdtree", "hnsw", "ivf"}, default "auto"
+        Neighbour search. "brute" (dtpm_fast's native brute force), "flat" (FAISS) and "kdtree"
+        (SciPy) are exact; "hnsw" and "ivf" are approximate FAISS indexes whose candidates are
+        re-ranked with exact distances; "auto" picks an exact index by dimension: the KD-tree
+        up to 5 features, the native brute force above.
     index_params : dict, optional
         hnsw: ``M``, ``ef_construction``, ``ef_search``, ``candidates`` (candidates per neighbour
         re-ranked); ivf: ``nlist``, ``nprobe``, ``candidates``; kdtree: ``leafsize``.

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace dtpm {
 
@@ -54,16 +55,57 @@ template <typename Real>
 void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t n_train, int64_t d,
                       const int64_t* ids, int64_t k, Real* sqdist, Real* per_feature_contribution);
 
+/// Exact k-nearest-neighbour search by brute force over float32 rows, squared L2.
+///
+/// The training rows are copied and packed once (centred, in groups of vector-width rows,
+/// feature-major inside a group); each search keeps a register tile of queries against a group
+/// of training rows and a per-query top-k list, with no query x train distance matrix in
+/// memory. Candidates are ranked by the norm expansion |x - c|^2 - 2 (q - c).(x - c) on centred
+/// rows (c = the training mean, so a common offset costs no precision); the distances returned
+/// are then recomputed as explicit differences. Ties go to the smaller id.
+class BruteForceKnn {
+ public:
+  /// @param[in] train   [n_train, d] training rows, finite (host); copied.
+  /// @param[in] n_train Number of training rows (>= 1).
+  /// @param[in] d       Number of features (>= 1).
+  /// @throws std::invalid_argument on bad sizes or a non-finite value.
+  BruteForceKnn(const float* train, int64_t n_train, int64_t d);
+
+  int64_t size() const { return n_train_; }
+  int64_t dim() const { return d_; }
+
+  /// The k nearest training rows of each query, nearest first (OpenMP over queries).
+  ///
+  /// @param[in]  queries   [n_queries, d] query rows, finite (host).
+  /// @param[in]  n_queries Number of queries (>= 0).
+  /// @param[in]  k         Neighbours per query, 1 <= k <= size().
+  /// @param[out] sqdist    [n_queries, k] squared distances by explicit differences, ascending (host).
+  /// @param[out] ids       [n_queries, k] row indices into train; equal distances by smaller id (host).
+  /// @throws std::invalid_argument on bad sizes, a non-finite query, or squared distances that
+  ///         overflow float32.
+  void search(const float* queries, int64_t n_queries, int64_t k, float* sqdist, int64_t* ids) const;
+
+ private:
+  int64_t n_train_, d_;
+  int64_t n_groups_ = 0, chunk_groups_ = 1;
+  std::vector<float> train_;   ///< [n_train, d] the rows as given, for the final exact distances
+  std::vector<float> center_;  ///< [d] training mean
+  std::vector<float> packed_;  ///< see detail::KnnScan
+  std::vector<float> norms_;   ///< [n_groups * width]
+};
+
 /// What this build of the core contains.
 struct BuildInfo {
   std::string version;
   std::string compiler;
   bool openmp = false;
-  std::string simd;  ///< The instruction set the posterior kernel dispatches to (active_isa()).
+  std::string simd;  ///< The instruction set the native kernels dispatch to (active_isa()).
 };
 BuildInfo build_info();
 
-/// The instruction set the posterior kernel dispatches to on this CPU, e.g. "x86-64-v4 (AVX-512)".
+/// The instruction set the posterior kernel and the k-NN scan dispatch to on this CPU, e.g.
+/// "x86-64-v4 (AVX-512)": the best one the CPU supports, or a lower one named by the environment
+/// variable DTPM_FORCE_ISA (baseline, x86-64-v3, x86-64-v4), read once per process.
 std::string active_isa();
 
 /// Threads the OpenMP kernels use (1 without OpenMP).
