@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -132,6 +133,20 @@ def test_properties_and_empty_query_batch():
     assert index.ntotal == 10 and index.d == 4
     sqdist, ids = index.search(np.empty((0, 4), dtype=np.float32), 3)
     assert sqdist.shape == ids.shape == (0, 3)
+
+
+def test_index_keeps_its_training_rows_alive():
+    """The index reads the caller's rows (no copy): it must hold them after the caller lets go."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((300, 7)).astype(np.float32)
+    Q = rng.standard_normal((20, 7)).astype(np.float32)
+    expected = X.copy()
+    index = _core.BruteForceIndex(X)
+    del X
+    gc.collect()
+    np.ones((300, 7), dtype=np.float32)  # likely to reuse freed memory if it had been released
+    sqdist, ids = index.search(Q, 4)
+    check_result(Q, expected, 4, sqdist, ids)
 
 
 @pytest.mark.parametrize("make, message", [

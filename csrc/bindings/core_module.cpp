@@ -134,7 +134,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("want_contribution") = false);
 
   py::class_<dtpm::BruteForceKnn>(m, "BruteForceIndex",
-                                  "Exact brute-force k-NN over float32 rows (squared L2); copies the rows.")
+                                  "Exact brute-force k-NN over float32 rows (squared L2); keeps a reference "
+                                  "to the rows, which must not be modified afterwards.")
       .def(py::init([](const py::array& train) {
              py::array_t<float> x = require_float32_matrix(train, "train");
              const float* ptr = x.data();
@@ -142,7 +143,7 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release release;
              return new dtpm::BruteForceKnn(ptr, n, d);
            }),
-           py::arg("train"))
+           py::arg("train"), py::keep_alive<1, 2>())  // the index reads train's memory
       .def("search", &knn_search, py::arg("queries"), py::arg("k"),
            "search(queries float32 [m, d], k) -> (sqdist float32 [m, k], ids int64 [m, k]), nearest first")
       .def_property_readonly("ntotal", &dtpm::BruteForceKnn::size)

@@ -65,7 +65,7 @@ BruteForceKnn::BruteForceKnn(const float* train, int64_t n_train, int64_t d) : n
   if (d < 1) throw std::invalid_argument("BruteForceKnn: need at least 1 feature, got " + std::to_string(d));
   if (!train) throw std::invalid_argument("BruteForceKnn: train is null");
   require_finite(train, n_train * d, "train");
-  train_.assign(train, train + n_train * d);
+  train_ = train;
 
   std::vector<double> mean(static_cast<size_t>(d), 0.0);
   for (int64_t i = 0; i < n_train; ++i)
@@ -115,7 +115,10 @@ void BruteForceKnn::search(const float* queries, int64_t n_queries, int64_t k, f
   const int64_t n_tasks = (n_queries + per_task - 1) / per_task;
   int overflow = 0;
 
-#pragma omp parallel for schedule(dynamic, 1) reduction(| : overflow)
+  // Below ~1-2 ms of work (2^24 query-row-feature products) a second thread costs more than it
+  // saves, and much more when another process holds the other cores.
+  const bool parallel = n_queries * n_train_ * d_ >= (int64_t{1} << 24);
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : overflow) if (parallel)
   for (int64_t task = 0; task < n_tasks; ++task) {
     const int64_t q0 = task * per_task, q1 = std::min(n_queries, q0 + per_task);
     kern.scan(scan, q0, q1);
@@ -130,7 +133,7 @@ void BruteForceKnn::search(const float* queries, int64_t n_queries, int64_t k, f
           found[j] = {std::numeric_limits<float>::infinity(), id};
           continue;
         }
-        const float* x = train_.data() + id * d_;
+        const float* x = train_ + id * d_;
         double total = 0.0;
         for (int64_t f = 0; f < d_; ++f) {
           const double diff = static_cast<double>(q[f]) - x[f];

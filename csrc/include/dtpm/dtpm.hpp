@@ -57,7 +57,7 @@ void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t
 
 /// Exact k-nearest-neighbour search by brute force over float32 rows, squared L2.
 ///
-/// The training rows are copied and packed once (centred, in groups of vector-width rows,
+/// The training rows are referenced (not copied) and packed once (centred, in groups of vector-width rows,
 /// feature-major inside a group); each search keeps a register tile of queries against a group
 /// of training rows and a per-query top-k list, with no query x train distance matrix in
 /// memory. Candidates are ranked by the norm expansion |x - c|^2 - 2 (q - c).(x - c) on centred
@@ -65,7 +65,8 @@ void neighbour_sqdist(const Real* queries, int64_t n, const Real* train, int64_t
 /// are then recomputed as explicit differences. Ties go to the smaller id.
 class BruteForceKnn {
  public:
-  /// @param[in] train   [n_train, d] training rows, finite (host); copied.
+  /// @param[in] train   [n_train, d] training rows, finite (host). Not copied: they must stay
+  ///                    valid and unchanged while this object is used (the final distances read them).
   /// @param[in] n_train Number of training rows (>= 1).
   /// @param[in] d       Number of features (>= 1).
   /// @throws std::invalid_argument on bad sizes or a non-finite value.
@@ -88,10 +89,10 @@ class BruteForceKnn {
  private:
   int64_t n_train_, d_;
   int64_t n_groups_ = 0, chunk_groups_ = 1;
-  std::vector<float> train_;   ///< [n_train, d] the rows as given, for the final exact distances
-  std::vector<float> center_;  ///< [d] training mean
-  std::vector<float> packed_;  ///< see detail::KnnScan
-  std::vector<float> norms_;   ///< [n_groups * width]
+  const float* train_ = nullptr;  ///< [n_train, d] the caller's rows, for the final exact distances
+  std::vector<float> center_;     ///< [d] training mean
+  std::vector<float> packed_;     ///< see detail::KnnScan
+  std::vector<float> norms_;      ///< [n_groups * width]
 };
 
 /// What this build of the core contains.
