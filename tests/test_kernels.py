@@ -1,5 +1,9 @@
 """The native kernels against the NumPy oracles, on random inputs including odd sizes."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from oracles import neighbour_sqdist_oracle, posterior_oracle
@@ -96,6 +100,44 @@ def test_tabulated_mean_with_extreme_rows():
     sq[n // 2, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         run_posterior(sq, d, full=False)
+
+
+POSTERIOR_ISA_CHILD = """
+import sys, numpy as np
+from dtpm_fast import _core
+from dtpm_fast.schedule import PosteriorGrid
+g = PosteriorGrid.for_steps(300)
+sq = np.load(sys.argv[1])
+out = {"simd": _core.build_info()["simd"]}
+out["mode"], out["mean"], out["post"] = _core.posterior(sq[:3000], 21, g.log_sigma2, g.inv_sigma2, True, True, True)
+out["windowed"] = _core.posterior(sq[:3000], 21, g.log_sigma2, g.inv_sigma2, False, True, False)[1]
+out["tabulated"] = _core.posterior(sq, 21, g.log_sigma2, g.inv_sigma2, False, True, False)[1]
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.mark.parametrize("isa, name", [("baseline", "baseline"), ("x86-64-v3", "AVX2")])
+def test_lower_instruction_sets_match_oracle(tmp_path, isa, name):
+    """Each compiled variant of the per-row routine (4 / 8 / 16 float lanes) against the oracle,
+    in a child process because the instruction set is chosen once per process."""
+    rng = np.random.default_rng(5)
+    sq = (rng.gamma(4.0, 21 / 4.0, size=(100_000, 5)) * rng.uniform(0.05, 2.0, size=(100_000, 1)))
+    sq[:3000] = random_sqdist(rng, 3000, 5, 21)
+    np.save(tmp_path / "sq.npy", sq.astype(np.float32))
+    env = {**os.environ, "DTPM_FORCE_ISA": isa}
+    subprocess.run([sys.executable, "-c", POSTERIOR_ISA_CHILD, str(tmp_path / "sq.npy"), str(tmp_path / "out.npz")],
+                   env=env, check=True)
+    with np.load(tmp_path / "out.npz") as out:
+        if name not in str(out["simd"]):
+            pytest.skip(f"this CPU or build has no {isa} variant (got {out['simd']})")
+        sq32 = np.load(tmp_path / "sq.npy")
+        o_mode, o_mean, o_post = posterior_oracle(sq32[:3000], 21)
+        assert np.abs(out["mode"] - o_mode).max() <= 1
+        np.testing.assert_allclose(out["mean"], o_mean, rtol=0, atol=2e-3)
+        np.testing.assert_allclose(out["post"], o_post, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out["windowed"], o_mean, rtol=0, atol=2e-3)
+        check = np.arange(3000, 100_000, 97)
+        np.testing.assert_allclose(out["tabulated"][check], posterior_oracle(sq32[check], 21)[1], rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("k", [1, 2, 7])
