@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from dtpm_fast import cli
+from dtpm_fast import DTPMNonParametric, cli
 from dtpm_fast.evaluation import metrics, protocol
 from dtpm_fast.evaluation.report import match_paper_names
 from dtpm_fast.evaluation.runner import RunConfig, read_runs, run
@@ -319,6 +320,31 @@ def test_unsup_run_and_knn_when_pyod_is_installed(data_dir, tmp_path):
     assert all(int(r["n_train"]) == int(r["n_test"]) == 1200 for r in rows)
 
 
+def test_n_neighbors_reaches_the_neighbour_models_and_is_enforced_on_resume(data_dir, tmp_path):
+    pytest.importorskip("pyod")
+    from pyod.models.knn import KNN
+
+    out = tmp_path / "out"
+    config = dict(data_dir=data_dir, out_dir=out, models=["np", "knn"], seeds=[0], datasets=["42_WBC"],
+                  protocol="unsup")
+    rows = run(RunConfig(**config, n_neighbors=32))
+    assert all(json.loads(r["budget"]) == {"n_neighbors": 32} for r in rows)
+    # the same numbers straight from the models with K = 32 on the protocol's rows
+    X, y = protocol.load_npz(data_dir / "Classical" / "42_WBC.npz")
+    split = protocol.prepare(X, y, 0, "unsup")
+    X_train, X_test = (np.ascontiguousarray(a, dtype=np.float32) for a in (split.X_train, split.X_test))
+    direct = {
+        "np": DTPMNonParametric(n_neighbors=32, standardize=False).fit(X_train).decision_function(X_test),
+        "knn": KNN(n_neighbors=32).fit(X_train).decision_function(X_test),
+    }
+    for r in rows:
+        assert float(r["auc_roc"]) == pytest.approx(100 * roc_auc_score(split.y_test, direct[r["model"]]), abs=1e-3)
+    with pytest.raises(ValueError, match="made with"):
+        run(RunConfig(**config))  # K = 5 rows would mix with the K = 32 ones
+    with pytest.raises(ValueError, match="n_neighbors must be a positive"):
+        RunConfig(**config, n_neighbors=0)
+
+
 def test_bad_configurations_name_the_problem(data_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         RunConfig(data_dir=data_dir, out_dir=tmp_path, models=["np", "forest"])
@@ -333,5 +359,5 @@ def test_trained_model_budget_is_recorded_and_enforced_on_resume(data_dir, tmp_p
     config = dict(data_dir=data_dir, out_dir=out, models=["categorical"], seeds=[0], datasets=["42_WBC"])
     rows = run(RunConfig(**config, epochs=1, device="cpu"))
     assert len(rows) == 1 and '"epochs": 1' in rows[0]["budget"]
-    with pytest.raises(ValueError, match="trained with"):
+    with pytest.raises(ValueError, match="made with"):
         run(RunConfig(**config, epochs=2, device="cpu"))

@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra keyword for the trained models, e.g. batch_size=256 (repeatable; recorded as budget)",
     )
+    parser.add_argument(
+        "--n-neighbors",
+        type=int,
+        default=None,
+        metavar="K",
+        help="neighbours of np, np-mode and knn (default: theirs, 5; recorded as budget). The paper's "
+        "unsupervised KNN column was computed with 32",
+    )
     parser.add_argument("--reference", default=None, help="folder with dte_paper_{semi,unsup}_aucroc.csv")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from runs.csv")
 
@@ -76,6 +84,7 @@ def run_command(args: argparse.Namespace) -> int:
             device=args.device,
             epochs=args.epochs,
             extra=dict(args.model_option),
+            n_neighbors=args.n_neighbors,
             command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
         )
         run(config)

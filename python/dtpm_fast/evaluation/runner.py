@@ -59,6 +59,7 @@ class RunConfig:
     device: str = "auto"
     epochs: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    n_neighbors: int | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -76,6 +77,8 @@ class RunConfig:
             raise ValueError(f"seeds must be non-negative, got {self.seeds}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs}")
+        if self.n_neighbors is not None and self.n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be a positive integer, got {self.n_neighbors}")
 
 
 # ----------------------------------------------------------------------------- runs.csv I/O
@@ -110,6 +113,11 @@ def write_runs(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     _write_atomically(out_dir / RUNS_FILE, write)
 
 
+def _options(config: RunConfig, seed: int) -> ModelOptions:
+    return ModelOptions(seed=seed, device=config.device, epochs=config.epochs, extra=config.extra,
+                        n_neighbors=config.n_neighbors)
+
+
 def _check_manifest(config: RunConfig, budgets: dict[str, dict]) -> dict[str, Any]:
     """Merge this run into ``run.json``; refuse a protocol or budget that differs from before."""
     path = config.out_dir / MANIFEST_FILE
@@ -123,7 +131,7 @@ def _check_manifest(config: RunConfig, budgets: dict[str, dict]) -> dict[str, An
     for model, this_budget in budgets.items():
         if model in recorded and recorded[model] != this_budget:
             raise ValueError(
-                f"{config.out_dir} holds '{model}' rows trained with {recorded[model]}, not {this_budget}; "
+                f"{config.out_dir} holds '{model}' rows made with {recorded[model]}, not {this_budget}; "
                 "use another --out or the same budget"
             )
     manifest["protocol"] = config.protocol
@@ -188,7 +196,7 @@ def run(config: RunConfig, progress: TextIO | None = None) -> list[dict[str, Any
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
     budgets = {
-        m: budget(get_model(m), ModelOptions(device=config.device, epochs=config.epochs, extra=config.extra))
+        m: budget(get_model(m), _options(config, seed=0))
         for m in config.models
     }
     _check_manifest(config, budgets)
@@ -212,7 +220,7 @@ def run(config: RunConfig, progress: TextIO | None = None) -> list[dict[str, Any
             loaded = (dataset, *proto.load_npz(available[dataset]))
         if prepared is None or prepared[:2] != (dataset, seed):
             prepared = (dataset, seed, proto.prepare(loaded[1], loaded[2], seed, config.protocol))
-        options = ModelOptions(seed=seed, device=config.device, epochs=config.epochs, extra=config.extra)
+        options = _options(config, seed)
         label = f"{dataset} {model} seed={seed}"
         try:
             result = evaluate_one(model, prepared[2], options)
