@@ -9,17 +9,12 @@
 #include <limits>
 #include <vector>
 
+#include "isa_vector.hpp"
 #include "knn_scan.hpp"
 
 #if defined(__SSE__)
 #include <immintrin.h>
 #endif
-
-#ifndef DTPM_ISA
-#error "DTPM_ISA must name the instruction set this file is compiled for"
-#endif
-#define DTPM_CONCAT_(a, b) a##b
-#define DTPM_CONCAT(a, b) DTPM_CONCAT_(a, b)
 
 namespace dtpm::detail {
 namespace {
@@ -27,26 +22,12 @@ namespace {
 // Accumulators kQueryRows * kVectors stay in registers with room for the loads and broadcasts:
 // 32 vector registers with AVX-512, 16 below it.
 #if defined(__AVX512F__)
-constexpr int kLanes = 16;
 constexpr int kQueryRows = 8;
-constexpr int kVectors = 2;
-#elif defined(__AVX__)
-constexpr int kLanes = 8;
-constexpr int kQueryRows = 4;
-constexpr int kVectors = 2;
 #else
-constexpr int kLanes = 4;
 constexpr int kQueryRows = 4;
-constexpr int kVectors = 2;
 #endif
+constexpr int kVectors = 2;
 constexpr int kWidth = kLanes * kVectors;
-typedef float vfloat __attribute__((vector_size(4 * kLanes)));
-
-inline vfloat load(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 /// Bit j set where v[j] < limit.
 inline unsigned lanes_below(vfloat v, float limit) {

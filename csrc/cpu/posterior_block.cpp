@@ -1,38 +1,18 @@
 // The per-row posterior scoring, compiled once per instruction set (CMake passes DTPM_ISA and
 // the matching -march); posterior.cpp picks the best one for the running CPU. Vectors are
-// GCC/Clang vector extensions at the native width of that instruction set.
+// GCC/Clang vector extensions at the native width of that instruction set (isa_vector.hpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include "isa_vector.hpp"
 #include "posterior_grid.hpp"
-
-#ifndef DTPM_ISA
-#error "DTPM_ISA must name the instruction set this file is compiled for"
-#endif
-#define DTPM_CONCAT_(a, b) a##b
-#define DTPM_CONCAT(a, b) DTPM_CONCAT_(a, b)
 
 namespace dtpm::detail {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#elif defined(__AVX__)
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
 constexpr int kVectorsPerChunk = static_cast<int>(kChunk) / kLanes;
-typedef float vfloat __attribute__((vector_size(4 * kLanes)));
-typedef int32_t vint __attribute__((vector_size(4 * kLanes)));
-
-inline vfloat load(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 /// Branch-free 2^x for x <= 0, lane-wise, float32 (relative error < 3e-7). Below -126 it
 /// returns a value under 2^-126 instead of 0: harmless in sums whose largest term is 1.
