@@ -56,6 +56,8 @@ def check_against_golden(path) -> dict:
     with np.load(path, allow_pickle=False) as g:
         for name in ("39_vertebral", "38_thyroid", "14_glass", "6_cardio"):
             mode, mean = AuthorsStyleDTENP().fit(g[f"{name}/X_train"]).scores(g[f"{name}/X_test"])
-            out[name] = (float(np.abs(mean - g[f"{name}/score_mean"]).max()),
-                         float((mode == g[f"{name}/score_mode"]).mean()))
+            out[name] = (
+                float(np.abs(mean - g[f"{name}/score_mean"]).max()),
+                float((mode == g[f"{name}/score_mode"]).mean()),
+            )
     return out

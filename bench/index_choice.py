@@ -63,8 +63,11 @@ def gaussian_cases(rng: np.random.Generator, quick: bool):
         for d in (3, 5, 7, 10, 16, 32, 64, 128, 784):
             if n_train > 10_000 and d > 128:
                 continue  # minutes of FAISS time on 2 cores; the ratio is flat in n above 10k
-            yield "gaussian", rng.standard_normal((n_train, d), dtype=np.float32), \
-                rng.standard_normal((N_QUERY, d), dtype=np.float32)
+            yield (
+                "gaussian",
+                rng.standard_normal((n_train, d), dtype=np.float32),
+                rng.standard_normal((N_QUERY, d), dtype=np.float32),
+            )
 
 
 def main() -> None:
@@ -75,11 +78,16 @@ def main() -> None:
     import dtpm_fast
 
     rng = np.random.default_rng(0)
-    lines = [f"Command: `python bench/index_choice.py {' '.join(sys.argv[1:])}`", "",
-             f"dtpm_fast {dtpm_fast.__version__}, {dtpm_fast.build_info()}", "",
-             f"Build + search, k = {K}, {N_QUERY:,} queries; best of up to 3 runs (1 when a run takes > 3 s).",
-             "", "| data | d | n_train | flat (s) | brute (s) | kdtree (s) | flat / brute | kdtree / brute |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Command: `python bench/index_choice.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"dtpm_fast {dtpm_fast.__version__}, {dtpm_fast.build_info()}",
+        "",
+        f"Build + search, k = {K}, {N_QUERY:,} queries; best of up to 3 runs (1 when a run takes > 3 s).",
+        "",
+        "| data | d | n_train | flat (s) | brute (s) | kdtree (s) | flat / brute | kdtree / brute |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     print("\n".join(lines), flush=True)
     for data, X, Q in [*real_cases(rng, args.quick), *gaussian_cases(rng, args.quick)]:
         d = X.shape[1]
@@ -87,8 +95,10 @@ def main() -> None:
         t["kdtree"] = best_of(lambda: build_and_search("kdtree", X, Q)) if d <= KDTREE_MAX_DIM else None
         kd = f"{t['kdtree']:.4f}" if t["kdtree"] is not None else "-"
         kd_ratio = f"{t['kdtree'] / t['brute']:.2f}" if t["kdtree"] is not None else "-"
-        lines.append(f"| {data} | {d} | {len(X):,} | {t['flat']:.4f} | {t['brute']:.4f} | {kd} | "
-                     f"{t['flat'] / t['brute']:.1f} | {kd_ratio} |")
+        lines.append(
+            f"| {data} | {d} | {len(X):,} | {t['flat']:.4f} | {t['brute']:.4f} | {kd} | "
+            f"{t['flat'] / t['brute']:.1f} | {kd_ratio} |"
+        )
         print(lines[-1], flush=True)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")

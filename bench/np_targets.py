@@ -54,8 +54,12 @@ def speed(quick: bool) -> list[str]:
 
     rng = np.random.default_rng(0)
     n = 2000 if quick else 10_000
-    problems = {f"gaussian n_train = n_query = {n}, d = 32": (rng.standard_normal((n, 32), dtype=np.float32),
-                                                             rng.standard_normal((n, 32), dtype=np.float32))}
+    problems = {
+        f"gaussian n_train = n_query = {n}, d = 32": (
+            rng.standard_normal((n, 32), dtype=np.float32),
+            rng.standard_normal((n, 32), dtype=np.float32),
+        )
+    }
     for name in ("38_thyroid", "6_cardio"):
         problems[f"{name} (semi-supervised split, seed 0)"] = semi_split(name)
 
@@ -64,15 +68,19 @@ def speed(quick: bool) -> list[str]:
         index.add(X_train)
         index.search(X_test, 5)
 
-    lines = ["| data | authors-style fit+score (s) | bare FAISS flat build+search (s) | dtpm_fast fit+score, index=auto (s) | dtpm_fast, index=flat (s) | authors / dtpm_fast (auto) | authors / dtpm_fast (flat) | authors / bare FAISS |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| data | authors-style fit+score (s) | bare FAISS flat build+search (s) | dtpm_fast fit+score, index=auto (s) | dtpm_fast, index=flat (s) | authors / dtpm_fast (auto) | authors / dtpm_fast (flat) | authors / bare FAISS |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for label, (X_train, X_test) in problems.items():
         t_authors = best_of(lambda: AuthorsStyleDTENP().fit(X_train).scores(X_test), 1 if not quick else 1)
         t_faiss = best_of(lambda: bare_faiss(X_train, X_test), 5)
         t_auto = best_of(lambda: DTPMNonParametric().fit(X_train).decision_function(X_test), 5)
         t_flat = best_of(lambda: DTPMNonParametric(index="flat").fit(X_train).decision_function(X_test), 5)
-        lines.append(f"| {label} | {t_authors:.3f} | {t_faiss:.4f} | {t_auto:.4f} | {t_flat:.4f} | "
-                     f"{t_authors / t_auto:.0f}x | {t_authors / t_flat:.0f}x | {t_authors / t_faiss:.0f}x |")
+        lines.append(
+            f"| {label} | {t_authors:.3f} | {t_faiss:.4f} | {t_auto:.4f} | {t_flat:.4f} | "
+            f"{t_authors / t_auto:.0f}x | {t_authors / t_flat:.0f}x | {t_authors / t_faiss:.0f}x |"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -104,18 +112,26 @@ print(json.dumps({"rss_before": before, "peak": peak, "extra": peak - before, "s
 def memory(quick: bool) -> list[str]:
     n_query = 100_000 if quick else 1_000_000
     n_train, d = 20_000, 32
-    lines = [f"Scoring {n_query:,} query rows (d = {d}, float32 input of {n_query * d * 4 / 2**20:.0f} MiB) "
-             f"against {n_train:,} training rows, K = 5 (index auto = the native brute force at this d):", "",
-             "| index | batch_size | peak RSS increase while scoring (MiB) | of which the float64 scores (MiB) | n*K*4 bytes (MiB) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Scoring {n_query:,} query rows (d = {d}, float32 input of {n_query * d * 4 / 2**20:.0f} MiB) "
+        f"against {n_train:,} training rows, K = 5 (index auto = the native brute force at this d):",
+        "",
+        "| index | batch_size | peak RSS increase while scoring (MiB) | of which the float64 scores (MiB) | n*K*4 bytes (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for index in ("auto", "flat"):
         for batch in (16_384, 65_536, 262_144):
             out = subprocess.run(
                 [sys.executable, "-c", MEMORY_CHILD, str(n_query), str(n_train), str(d), str(batch), index],
-                capture_output=True, text=True, check=True)
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout)
-            lines.append(f"| {index} | {batch:,} | {r['extra'] / 2**20:.1f} | {r['scores'] / 2**20:.1f} | "
-                         f"{n_query * 5 * 4 / 2**20:.1f} |")
+            lines.append(
+                f"| {index} | {batch:,} | {r['extra'] / 2**20:.1f} | {r['scores'] / 2**20:.1f} | "
+                f"{n_query * 5 * 4 / 2**20:.1f} |"
+            )
             print(lines[-1], flush=True)
     return lines
 
@@ -129,8 +145,10 @@ def index_choice(quick: bool) -> list[str]:
     from dtpm_fast.evaluation.protocol import load_dataset
 
     cap = 5_000 if quick else 50_000
-    lines = ["| data | d | n_train | n_query | flat (s) | kdtree (s) | hnsw (s) | kdtree speed-up | hnsw speed-up | hnsw recall@5 | AUC flat | AUC hnsw |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| data | d | n_train | n_query | flat (s) | kdtree (s) | hnsw (s) | kdtree speed-up | hnsw speed-up | hnsw recall@5 | AUC flat | AUC hnsw |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     rng = np.random.default_rng(1)
     cases = []
     for name in ("33_skin", "10_cover", "22_magic.gamma", "28_pendigits", "30_satellite", "24_mnist"):
@@ -154,9 +172,11 @@ def index_choice(quick: bool) -> list[str]:
             aucs = [f"{auc_roc(y_test, fitted[k].decision_function(X_test)):.2f}" for k in ("flat", "hnsw")]
         else:
             aucs = ["-", "-"]
-        lines.append(f"| {name} | {X_train.shape[1]} | {len(X_train):,} | {len(X_test):,} | {times['flat']:.3f} | "
-                     f"{times['kdtree']:.3f} | {times['hnsw']:.3f} | {times['flat'] / times['kdtree']:.1f}x | "
-                     f"{times['flat'] / times['hnsw']:.1f}x | {recall:.3f} | {aucs[0]} | {aucs[1]} |")
+        lines.append(
+            f"| {name} | {X_train.shape[1]} | {len(X_train):,} | {len(X_test):,} | {times['flat']:.3f} | "
+            f"{times['kdtree']:.3f} | {times['hnsw']:.3f} | {times['flat'] / times['kdtree']:.1f}x | "
+            f"{times['flat'] / times['hnsw']:.1f}x | {recall:.3f} | {aucs[0]} | {aucs[1]} |"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -165,8 +185,10 @@ def machine() -> str:
     import dtpm_fast
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, dtpm_fast {dtpm_fast.__version__} "
-            f"({json.dumps(dtpm_fast.build_info())})")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, dtpm_fast {dtpm_fast.__version__} "
+        f"({json.dumps(dtpm_fast.build_info())})"
+    )
 
 
 def main() -> None:
@@ -176,11 +198,19 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the Markdown report here")
     args = parser.parse_args()
     warnings.simplefilter("ignore", RuntimeWarning)
-    report = ["# Non-parametric detector: speed, memory, index choice", "",
-              f"Command: `python bench/np_targets.py {' '.join(sys.argv[1:])}`", "", f"Machine: {machine()}", ""]
-    sections = {"speed": ("## Fit + score against the authors' pipeline", speed),
-                "memory": ("## Peak memory while scoring", memory),
-                "index": ("## Index choice (decision_function time, same fitted data)", index_choice)}
+    report = [
+        "# Non-parametric detector: speed, memory, index choice",
+        "",
+        f"Command: `python bench/np_targets.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Machine: {machine()}",
+        "",
+    ]
+    sections = {
+        "speed": ("## Fit + score against the authors' pipeline", speed),
+        "memory": ("## Peak memory while scoring", memory),
+        "index": ("## Index choice (decision_function time, same fitted data)", index_choice),
+    }
     for key in args.only.split(","):
         title, fn = sections[key]
         print(title, flush=True)

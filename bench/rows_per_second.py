@@ -23,7 +23,7 @@ def table(path: str) -> str:
     for b in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
         rows = b["extra_info"].get("rows")
         st = b["stats"]
-        rate = (lambda t: f"{rows / t:,.0f}" if rows else "-")
+        rate = lambda t: f"{rows / t:,.0f}" if rows else "-"
         lines.append(
             f"| {b['group']} | {b['name']} | {rows or '-'} | {st['min']:.4f} | {st['mean']:.4f} | "
             f"{rate(st['min'])} | {rate(st['mean'])} |"

@@ -53,16 +53,20 @@ def make_data(workdir: str, rows: int, train_rows: int, seed: int = 0) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    paths = {"big": os.path.join(workdir, f"data_{rows}.parquet"),
-             "one_million": os.path.join(workdir, f"data_{ONE_MILLION}.parquet"),
-             "train": os.path.join(workdir, f"train_{train_rows}.npy")}
+    paths = {
+        "big": os.path.join(workdir, f"data_{rows}.parquet"),
+        "one_million": os.path.join(workdir, f"data_{ONE_MILLION}.parquet"),
+        "train": os.path.join(workdir, f"train_{train_rows}.npy"),
+    }
     names = [f"f{j}" for j in range(N_FEATURES)]
     schema = pa.schema([(name, pa.float32()) for name in names])
     if not os.path.exists(paths["big"]):
         rng = np.random.default_rng(seed)
         chunk = 1_000_000
-        with pq.ParquetWriter(paths["big"] + ".tmp", schema) as big, \
-                pq.ParquetWriter(paths["one_million"] + ".tmp", schema) as small:
+        with (
+            pq.ParquetWriter(paths["big"] + ".tmp", schema) as big,
+            pq.ParquetWriter(paths["one_million"] + ".tmp", schema) as small,
+        ):
             for start in range(0, rows, chunk):
                 block = rng.standard_normal((min(chunk, rows - start), N_FEATURES), dtype=np.float32)
                 block[::100] += 3.0  # 1% shifted rows, so scores are not all alike
@@ -131,7 +135,10 @@ def threads(model_path: str, rows: int) -> None:
         with ThreadPoolExecutor(max_workers=n_threads, initializer=set_threads, initargs=(1,)) as pool:
             scores = np.concatenate(list(pool.map(model.decision_function, chunks)))
         seconds = time.perf_counter() - started
-        results[n_threads] = {"rows_per_s": rows / seconds, "identical": bool(np.array_equal(scores, reference))}
+        results[n_threads] = {
+            "rows_per_s": rows / seconds,
+            "identical": bool(np.array_equal(scores, reference)),
+        }
     print(json.dumps(results))
 
 
@@ -151,21 +158,44 @@ def run_all(args) -> None:
         print(key, json.dumps(value), flush=True)
 
     for index in args.indexes:
-        for label, data_path, rows in (("10M", data["big"], args.rows), ("1M", data["one_million"], ONE_MILLION)):
+        for label, data_path, rows in (
+            ("10M", data["big"], args.rows),
+            ("1M", data["one_million"], ONE_MILLION),
+        ):
             if label == "1M" and index != args.indexes[0]:
                 continue
             key = f"{index}/{label}"
             if f"{key}/cli" not in results:
-                child = _run_child(["dtpm-fast", "score", models[index], data_path, "-o", out, "--overwrite",
-                                    "--batch-rows", str(args.batch_rows)])
+                child = _run_child(
+                    [
+                        "dtpm-fast",
+                        "score",
+                        models[index],
+                        data_path,
+                        "-o",
+                        out,
+                        "--overwrite",
+                        "--batch-rows",
+                        str(args.batch_rows),
+                    ]
+                )
                 loop = re.search(r"scored ([\d,]+) rows in ([\d.]+) s", child["stderr"])
-                record(f"{key}/cli", {"rows": rows, "wall_s": child["wall_s"], "loop_s": float(loop.group(2)),
-                                      "max_rss_mib": child["max_rss_mib"]})
+                record(
+                    f"{key}/cli",
+                    {
+                        "rows": rows,
+                        "wall_s": child["wall_s"],
+                        "loop_s": float(loop.group(2)),
+                        "max_rss_mib": child["max_rss_mib"],
+                    },
+                )
             if f"{key}/memory" not in results and (label == "10M" or not args.skip_1m_memory):
                 child = _run_child([*me, "inmemory", models[index], data_path])
                 measured = json.loads(child["stdout"])
-                record(f"{key}/memory", {"rows": rows, "score_s": measured["score_s"],
-                                         "max_rss_mib": child["max_rss_mib"]})
+                record(
+                    f"{key}/memory",
+                    {"rows": rows, "score_s": measured["score_s"], "max_rss_mib": child["max_rss_mib"]},
+                )
     # Paired runs: the machine is shared and its load drifts over a 10-minute run, so the
     # CLI/in-memory ratio is also measured in alternating short runs on the 1M-row file.
     for index in args.indexes:
@@ -173,11 +203,19 @@ def run_all(args) -> None:
             key = f"{index}/1M/paired{round_number}"
             if key in results:
                 continue
-            cli = _run_child(["dtpm-fast", "score", models[index], data["one_million"], "-o", out, "--overwrite"])
+            cli = _run_child(
+                ["dtpm-fast", "score", models[index], data["one_million"], "-o", out, "--overwrite"]
+            )
             loop = re.search(r"scored ([\d,]+) rows in ([\d.]+) s", cli["stderr"])
             memory = json.loads(_run_child([*me, "inmemory", models[index], data["one_million"]])["stdout"])
-            record(key, {"cli_loop_s": float(loop.group(2)), "memory_score_s": memory["score_s"],
-                         "ratio": memory["score_s"] / float(loop.group(2))})
+            record(
+                key,
+                {
+                    "cli_loop_s": float(loop.group(2)),
+                    "memory_score_s": memory["score_s"],
+                    "ratio": memory["score_s"] / float(loop.group(2)),
+                },
+            )
     if "threads" not in results:
         for index in args.indexes:
             child = _run_child([*me, "threads", models[index], str(args.thread_rows)])
@@ -187,9 +225,11 @@ def run_all(args) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| run | rows | in-memory rows/s | `dtpm-fast score` rows/s (loop / incl. start-up) | "
-             "ratio (loop / in-memory) | peak RSS CLI | peak RSS in-memory |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| run | rows | in-memory rows/s | `dtpm-fast score` rows/s (loop / incl. start-up) | "
+        "ratio (loop / in-memory) | peak RSS CLI | peak RSS in-memory |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for key in sorted(k.rsplit("/", 1)[0] for k in results if k.endswith("/cli")):
         cli, memory = results[f"{key}/cli"], results.get(f"{key}/memory")
         loop_rate = cli["rows"] / cli["loop_s"]
@@ -202,15 +242,24 @@ def markdown(results: dict) -> str:
         )
     paired = sorted(k for k in results if "/paired" in k)
     if paired:
-        lines += ["", "| paired run (1M rows, alternating) | in-memory rows/s | CLI loop rows/s | ratio |",
-                  "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "| paired run (1M rows, alternating) | in-memory rows/s | CLI loop rows/s | ratio |",
+            "|---|---:|---:|---:|",
+        ]
         for key in paired:
             entry = results[key]
-            lines.append(f"| {key} | {ONE_MILLION / entry['memory_score_s']:,.0f} | "
-                         f"{ONE_MILLION / entry['cli_loop_s']:,.0f} | {entry['ratio']:.2f} |")
+            lines.append(
+                f"| {key} | {ONE_MILLION / entry['memory_score_s']:,.0f} | "
+                f"{ONE_MILLION / entry['cli_loop_s']:,.0f} | {entry['ratio']:.2f} |"
+            )
     if "threads" in results:
-        lines += ["", "| index | Python threads (OpenMP 1 each; 'openmp' = 1 thread, OpenMP all cores) | rows/s | "
-                  "identical to sequential |", "|---|---:|---:|---|"]
+        lines += [
+            "",
+            "| index | Python threads (OpenMP 1 each; 'openmp' = 1 thread, OpenMP all cores) | rows/s | "
+            "identical to sequential |",
+            "|---|---:|---:|---|",
+        ]
         for index, by_count in results["threads"].items():
             for n, entry in by_count.items():
                 lines.append(f"| {index} | {n} | {entry['rows_per_s']:,.0f} | {entry['identical']} |")

@@ -43,8 +43,23 @@ def files(tmp_path_factory):
     pa_csv.write_csv(_table(X_query, ids), root / "query.csv")
     np.save(root / "query.npy", X_query)
     model_path = root / "model.dtpm"
-    code = main(["fit", str(root / "train.parquet"), "--model", "np", "--index", "flat", "--n-neighbors", "4",
-                 "--contamination", "0.05", "-o", str(model_path), "--quiet"])
+    code = main(
+        [
+            "fit",
+            str(root / "train.parquet"),
+            "--model",
+            "np",
+            "--index",
+            "flat",
+            "--n-neighbors",
+            "4",
+            "--contamination",
+            "0.05",
+            "-o",
+            str(model_path),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return {"root": root, "X_train": X_train, "X_query": X_query, "ids": ids, "model": model_path}
 
@@ -65,16 +80,29 @@ def _score(files, tmp_path, input_name, output_name, *extra):
 def test_fit_matches_the_python_api_and_records_columns(files):
     model = dtpm_fast.load(files["model"])
     assert list(model.feature_names_in_) == FEATURES  # the text column was left out
-    reference = dtpm_fast.DTPMNonParametric(index="flat", n_neighbors=4, contamination=0.05).fit(files["X_train"])
-    np.testing.assert_array_equal(model.decision_function(files["X_query"]),
-                                  reference.decision_function(files["X_query"]))
+    reference = dtpm_fast.DTPMNonParametric(index="flat", n_neighbors=4, contamination=0.05).fit(
+        files["X_train"]
+    )
+    np.testing.assert_array_equal(
+        model.decision_function(files["X_query"]), reference.decision_function(files["X_query"])
+    )
     assert model.threshold_ == reference.threshold_
 
 
 def test_fit_option_for_another_model_is_a_usage_error(files, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", str(files["root"] / "train.parquet"), "--model", "categorical", "--n-neighbors", "3",
-              "-o", str(tmp_path / "m.dtpm")])
+        main(
+            [
+                "fit",
+                str(files["root"] / "train.parquet"),
+                "--model",
+                "categorical",
+                "--n-neighbors",
+                "3",
+                "-o",
+                str(tmp_path / "m.dtpm"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert not (tmp_path / "m.dtpm").exists()
 
@@ -85,8 +113,9 @@ def test_fit_option_for_another_model_is_a_usage_error(files, tmp_path):
 @pytest.mark.parametrize("input_name", ["query.parquet", "query.csv"])
 @pytest.mark.parametrize("output_name", ["scores.parquet", "scores.csv"])
 def test_score_matches_in_memory_scoring(files, tmp_path, input_name, output_name):
-    code, output = _score(files, tmp_path, input_name, output_name, "--id-column", "id", "--batch-rows", "128",
-                          "--quiet")
+    code, output = _score(
+        files, tmp_path, input_name, output_name, "--id-column", "id", "--batch-rows", "128", "--quiet"
+    )
     assert code == 0
     table = _read(output)
     model = dtpm_fast.load(files["model"])
@@ -102,8 +131,20 @@ def test_score_matches_in_memory_scoring(files, tmp_path, input_name, output_nam
 def test_score_npy_by_column_position(files, tmp_path):
     np.save(tmp_path / "wide.npy", np.column_stack([np.zeros(len(files["X_query"])), files["X_query"]]))
     output = tmp_path / "s.parquet"
-    code = main(["score", str(files["model"]), str(tmp_path / "wide.npy"), "-o", str(output),
-                 "--columns", "1,2,3,4,5", "--batch-rows", "100", "--quiet"])
+    code = main(
+        [
+            "score",
+            str(files["model"]),
+            str(tmp_path / "wide.npy"),
+            "-o",
+            str(output),
+            "--columns",
+            "1,2,3,4,5",
+            "--batch-rows",
+            "100",
+            "--quiet",
+        ]
+    )
     assert code == 0
     expected = dtpm_fast.load(files["model"]).decision_function(files["X_query"])
     np.testing.assert_array_equal(pq.read_table(output)["score"].to_numpy(), expected)
@@ -115,7 +156,9 @@ def test_contamination_overrides_the_threshold(files, tmp_path):
     table = pq.read_table(output)
     model = dtpm_fast.load(files["model"])
     threshold = np.percentile(model.decision_scores_, 70.0)
-    np.testing.assert_array_equal(table["label"].to_numpy(), (table["score"].to_numpy() > threshold).astype(int))
+    np.testing.assert_array_equal(
+        table["label"].to_numpy(), (table["score"].to_numpy() > threshold).astype(int)
+    )
     assert table["label"].to_numpy().sum() > model.predict(files["X_query"]).sum()
 
 
@@ -123,14 +166,24 @@ def test_posterior_mean_column_for_a_mode_model(files, tmp_path):
     mode_model = dtpm_fast.DTPMNonParametric(index="flat", score="mode").fit(files["X_train"])
     mode_model.save(tmp_path / "mode.dtpm")
     output = tmp_path / "s.parquet"
-    code = main(["score", str(tmp_path / "mode.dtpm"), str(files["root"] / "query.npy"), "-o", str(output),
-                 "--posterior-mean", "--quiet"])
+    code = main(
+        [
+            "score",
+            str(tmp_path / "mode.dtpm"),
+            str(files["root"] / "query.npy"),
+            "-o",
+            str(output),
+            "--posterior-mean",
+            "--quiet",
+        ]
+    )
     assert code == 0
     table = pq.read_table(output)
     mean_model = dtpm_fast.DTPMNonParametric(index="flat", score="mean").fit(files["X_train"])
     np.testing.assert_array_equal(table["score"].to_numpy(), mode_model.decision_function(files["X_query"]))
-    np.testing.assert_allclose(table["posterior_mean"].to_numpy(), mean_model.decision_function(files["X_query"]),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        table["posterior_mean"].to_numpy(), mean_model.decision_function(files["X_query"]), rtol=1e-12
+    )
 
 
 def test_wrong_feature_count_is_an_error(files, tmp_path, capsys):
@@ -162,13 +215,16 @@ def test_existing_output_is_kept_without_overwrite(files, tmp_path, capsys):
     assert _read(output).num_rows == len(files["X_query"])
 
 
-@pytest.mark.parametrize("argv", [
-    ["score", "m.dtpm", "in.parquet", "-o", "out.txt"],  # unknown output format
-    ["score", "m.dtpm", "in.xlsx", "-o", "out.csv"],  # unknown input format
-    ["score", "m.dtpm", "in.parquet"],  # no output
-    ["score", "m.dtpm", "in.parquet", "-o", "o.csv", "--batch-rows", "0"],
-    ["score", "m.dtpm", "in.parquet", "-o", "o.csv", "--contamination", "0.9"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["score", "m.dtpm", "in.parquet", "-o", "out.txt"],  # unknown output format
+        ["score", "m.dtpm", "in.xlsx", "-o", "out.csv"],  # unknown input format
+        ["score", "m.dtpm", "in.parquet"],  # no output
+        ["score", "m.dtpm", "in.parquet", "-o", "o.csv", "--batch-rows", "0"],
+        ["score", "m.dtpm", "in.parquet", "-o", "o.csv", "--contamination", "0.9"],
+    ],
+)
 def test_usage_errors_exit_with_2(argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -176,10 +232,23 @@ def test_usage_errors_exit_with_2(argv):
 
 
 def test_console_script_exit_codes(files, tmp_path):
-    usage = subprocess.run(["dtpm-fast", "score", "only-one-arg"], capture_output=True, text=True, check=False)
+    usage = subprocess.run(
+        ["dtpm-fast", "score", "only-one-arg"], capture_output=True, text=True, check=False
+    )
     assert usage.returncode == 2
-    error = subprocess.run(["dtpm-fast", "score", str(tmp_path / "missing.dtpm"), str(files["root"] / "query.npy"),
-                            "-o", str(tmp_path / "s.csv")], capture_output=True, text=True, check=False)
+    error = subprocess.run(
+        [
+            "dtpm-fast",
+            "score",
+            str(tmp_path / "missing.dtpm"),
+            str(files["root"] / "query.npy"),
+            "-o",
+            str(tmp_path / "s.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert error.returncode == 1
     assert "does not exist" in error.stderr
     assert not (tmp_path / "s.csv").exists()
@@ -200,7 +269,9 @@ def _bad_csv(path):
 def test_bad_row_stops_with_its_row_number(files, tmp_path, capsys):
     _bad_csv(tmp_path / "bad.csv")
     output = tmp_path / "s.parquet"
-    code = main(["score", str(files["model"]), str(tmp_path / "bad.csv"), "-o", str(output), "--batch-rows", "5"])
+    code = main(
+        ["score", str(files["model"]), str(tmp_path / "bad.csv"), "-o", str(output), "--batch-rows", "5"]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "row 8: non-numeric value 'abc' in column 'f1'" in err
@@ -210,8 +281,22 @@ def test_bad_row_stops_with_its_row_number(files, tmp_path, capsys):
 def test_bad_rows_are_skipped_counted_and_reported(files, tmp_path, capsys):
     _bad_csv(tmp_path / "bad.csv")
     output = tmp_path / "s.csv"
-    code = main(["score", str(files["model"]), str(tmp_path / "bad.csv"), "-o", str(output), "--batch-rows", "5",
-                 "--on-bad-row", "skip", "--id-column", "id", "--quiet"])
+    code = main(
+        [
+            "score",
+            str(files["model"]),
+            str(tmp_path / "bad.csv"),
+            "-o",
+            str(output),
+            "--batch-rows",
+            "5",
+            "--on-bad-row",
+            "skip",
+            "--id-column",
+            "id",
+            "--quiet",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "skipped 5 bad row(s)" in err
@@ -223,7 +308,9 @@ def test_bad_rows_are_skipped_counted_and_reported(files, tmp_path, capsys):
     np.testing.assert_array_equal(table["row"].to_numpy(), kept)
     np.testing.assert_array_equal(table["id"].to_numpy(), kept)
     X = np.array([[i * 0.1, 0.5, -0.5, 1.0, 0.25] for i in kept], dtype=np.float32)
-    np.testing.assert_array_equal(table["score"].to_numpy(), dtpm_fast.load(files["model"]).decision_function(X))
+    np.testing.assert_array_equal(
+        table["score"].to_numpy(), dtpm_fast.load(files["model"]).decision_function(X)
+    )
 
 
 def test_parquet_nulls_nan_and_inf_are_bad_rows(tmp_path):
@@ -244,8 +331,22 @@ def test_interrupt_leaves_no_output(files, tmp_path):
     big = tmp_path / "big.npy"
     np.save(big, np.tile(files["X_query"], (400, 1)))  # ~400k rows, scored 500 at a time
     output = tmp_path / "s.parquet"
-    process = subprocess.Popen(["dtpm-fast", "score", str(files["model"]), str(big), "-o", str(output),
-                                "--batch-rows", "500", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            "dtpm-fast",
+            "score",
+            str(files["model"]),
+            str(big),
+            "-o",
+            str(output),
+            "--batch-rows",
+            "500",
+            "--threads",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not any(name.endswith(".partial") for name in os.listdir(tmp_path)):
         assert process.poll() is None, process.stderr.read()

@@ -26,8 +26,16 @@ FACTORIES = {
     "np-ivf": lambda: DTPMNonParametric(index="ivf", index_params={"nlist": 4, "nprobe": 2}),
     "categorical": _torch_factory("DTPMCategorical", **TINY_NET),
     "inverse-gamma": _torch_factory("DTPMInverseGamma", **TINY_NET),
-    "ddpm": _torch_factory("DDPMReconstruction", epochs=2, width=16, block_hidden=16, time_width=16,
-                           reconstruction_steps=5, random_state=0, device="cpu"),
+    "ddpm": _torch_factory(
+        "DDPMReconstruction",
+        epochs=2,
+        width=16,
+        block_hidden=16,
+        time_width=16,
+        reconstruction_steps=5,
+        random_state=0,
+        device="cpu",
+    ),
 }
 
 
@@ -120,8 +128,9 @@ def test_dataframe_input_and_duplicates(make_detector, blobs):
     X_train, X_test, _ = blobs
     frame = pd.DataFrame(X_train, columns=[f"f{i}" for i in range(6)])
     detector = make_detector().fit(frame)
-    np.testing.assert_allclose(detector.decision_function(pd.DataFrame(X_test)),
-                               detector.decision_function(X_test))
+    np.testing.assert_allclose(
+        detector.decision_function(pd.DataFrame(X_test)), detector.decision_function(X_test)
+    )
     duplicated = np.vstack([X_train, X_train[:10]])  # repeated rows must never give NaN
     assert np.isfinite(make_detector().fit(duplicated).decision_scores_).all()
 

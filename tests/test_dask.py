@@ -30,7 +30,10 @@ def data():
 
 @pytest.fixture(scope="module")
 def models(data):
-    return {index: dtpm_fast.DTPMNonParametric(index=index, n_neighbors=5).fit(data[0]) for index in ("flat", "hnsw")}
+    return {
+        index: dtpm_fast.DTPMNonParametric(index=index, n_neighbors=5).fit(data[0])
+        for index in ("flat", "hnsw")
+    }
 
 
 # Parametrised by name (not a parametrised fixture) so tests run in file order: the local-scheduler
@@ -54,8 +57,12 @@ def test_array_scoring_with_the_local_scheduler(models, index, data):
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
 
 

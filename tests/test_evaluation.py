@@ -136,7 +136,9 @@ def test_seeds_reproduce_and_only_resampled_data_depends_on_the_seed():
     np.testing.assert_array_equal(a.X_train, b.X_train)
     assert not np.array_equal(a.X_train, protocol.prepare(X, y, 2, "semi").X_train)
     X, y = synthetic(3000, seed=2)  # between 1000 and 50,000 rows: no shuffle, same split
-    np.testing.assert_array_equal(protocol.prepare(X, y, 0, "semi").X_test, protocol.prepare(X, y, 4, "semi").X_test)
+    np.testing.assert_array_equal(
+        protocol.prepare(X, y, 0, "semi").X_test, protocol.prepare(X, y, 4, "semi").X_test
+    )
 
 
 def test_scaling_fits_on_train_and_fills_nan_with_column_mean():
@@ -254,8 +256,19 @@ def _runs_csv(out: Path) -> list[dict[str, str]]:
 
 def test_cli_end_to_end_writes_runs_report_and_plot(data_dir, tmp_path, shared_dir, capsys):
     out = tmp_path / "out"
-    argv = ["evaluate", "--data", str(data_dir), "--models", "np,np-mode", "--seeds", "0,1", "--out", str(out),
-            "--reference", str(shared_dir / "reference")]
+    argv = [
+        "evaluate",
+        "--data",
+        str(data_dir),
+        "--models",
+        "np,np-mode",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(out),
+        "--reference",
+        str(shared_dir / "reference"),
+    ]
     assert cli.main(argv) == 0
     rows = _runs_csv(out)
     assert len(rows) == 3 * 2 * 2
@@ -283,7 +296,9 @@ def test_cli_end_to_end_writes_runs_report_and_plot(data_dir, tmp_path, shared_d
 
 def test_resume_skips_finished_rows_and_redoes_missing_ones(data_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    config = RunConfig(data_dir=data_dir, out_dir=out, models=["np"], seeds=[0, 1], datasets=["42_WBC", "synthetic_blobs"])
+    config = RunConfig(
+        data_dir=data_dir, out_dir=out, models=["np"], seeds=[0, 1], datasets=["42_WBC", "synthetic_blobs"]
+    )
     first = run(config)
     assert len(first) == 4
     # Simulate an interruption after two rows: keep the first two, as the atomic writer would.
@@ -306,15 +321,30 @@ def test_resume_refuses_another_protocol(data_dir, tmp_path):
     out = tmp_path / "out"
     run(RunConfig(data_dir=data_dir, out_dir=out, models=["np"], seeds=[0], datasets=["42_WBC"]))
     with pytest.raises(ValueError, match="mix protocols"):
-        run(RunConfig(data_dir=data_dir, out_dir=out, models=["np"], seeds=[0], datasets=["42_WBC"], protocol="unsup"))
+        run(
+            RunConfig(
+                data_dir=data_dir,
+                out_dir=out,
+                models=["np"],
+                seeds=[0],
+                datasets=["42_WBC"],
+                protocol="unsup",
+            )
+        )
 
 
 def test_unsup_run_and_knn_when_pyod_is_installed(data_dir, tmp_path):
     pytest.importorskip("pyod")
     out = tmp_path / "out"
     rows = run(
-        RunConfig(data_dir=data_dir, out_dir=out, models=["np", "knn"], seeds=[0], datasets=["synthetic_blobs"],
-                  protocol="unsup")
+        RunConfig(
+            data_dir=data_dir,
+            out_dir=out,
+            models=["np", "knn"],
+            seeds=[0],
+            datasets=["synthetic_blobs"],
+            protocol="unsup",
+        )
     )
     assert {r["model"] for r in rows} == {"np", "knn"}
     assert all(int(r["n_train"]) == int(r["n_test"]) == 1200 for r in rows)
@@ -325,8 +355,9 @@ def test_n_neighbors_reaches_the_neighbour_models_and_is_enforced_on_resume(data
     from pyod.models.knn import KNN
 
     out = tmp_path / "out"
-    config = dict(data_dir=data_dir, out_dir=out, models=["np", "knn"], seeds=[0], datasets=["42_WBC"],
-                  protocol="unsup")
+    config = dict(
+        data_dir=data_dir, out_dir=out, models=["np", "knn"], seeds=[0], datasets=["42_WBC"], protocol="unsup"
+    )
     rows = run(RunConfig(**config, n_neighbors=32))
     assert all(json.loads(r["budget"]) == {"n_neighbors": 32} for r in rows)
     # the same numbers straight from the models with K = 32 on the protocol's rows
@@ -338,7 +369,9 @@ def test_n_neighbors_reaches_the_neighbour_models_and_is_enforced_on_resume(data
         "knn": KNN(n_neighbors=32).fit(X_train).decision_function(X_test),
     }
     for r in rows:
-        assert float(r["auc_roc"]) == pytest.approx(100 * roc_auc_score(split.y_test, direct[r["model"]]), abs=1e-3)
+        assert float(r["auc_roc"]) == pytest.approx(
+            100 * roc_auc_score(split.y_test, direct[r["model"]]), abs=1e-3
+        )
     with pytest.raises(ValueError, match="made with"):
         run(RunConfig(**config))  # K = 5 rows would mix with the K = 32 ones
     with pytest.raises(ValueError, match="n_neighbors must be a positive"):

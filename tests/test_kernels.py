@@ -72,8 +72,14 @@ def test_mode_counts_the_swap_points_below_the_continuous_mode(T):
     grid = PosteriorGrid.for_steps(T)
     log_s2, inv_s2 = grid.log_sigma2, grid.inv_sigma2
     swap = (log_s2[1:] - log_s2[:-1]) / (inv_s2[:-1] - inv_s2[1:])  # increasing, in sigma2 units
-    s_star = np.concatenate([swap, np.nextafter(swap, 0), np.nextafter(swap, np.inf),
-                             [swap[0] / 1e3, swap[-1] * 1e3, 1e-300, 1e300]])
+    s_star = np.concatenate(
+        [
+            swap,
+            np.nextafter(swap, 0),
+            np.nextafter(swap, np.inf),
+            [swap[0] / 1e3, swap[-1] * 1e3, 1e-300, 1e300],
+        ]
+    )
     d = 10  # c = d / 2; one neighbour with D2 = 2 b = 2 c s_star, so b / c = s_star
     sq = (2.0 * (d / 2.0) * s_star)[:, None]
     mode, _, _ = _core.posterior(sq, d, log_s2, inv_s2, True, False, False)
@@ -121,12 +127,15 @@ def test_lower_instruction_sets_match_oracle(tmp_path, isa, name):
     """Each compiled variant of the per-row routine (4 / 8 / 16 float lanes) against the oracle,
     in a child process because the instruction set is chosen once per process."""
     rng = np.random.default_rng(5)
-    sq = (rng.gamma(4.0, 21 / 4.0, size=(100_000, 5)) * rng.uniform(0.05, 2.0, size=(100_000, 1)))
+    sq = rng.gamma(4.0, 21 / 4.0, size=(100_000, 5)) * rng.uniform(0.05, 2.0, size=(100_000, 1))
     sq[:3000] = random_sqdist(rng, 3000, 5, 21)
     np.save(tmp_path / "sq.npy", sq.astype(np.float32))
     env = {**os.environ, "DTPM_FORCE_ISA": isa}
-    subprocess.run([sys.executable, "-c", POSTERIOR_ISA_CHILD, str(tmp_path / "sq.npy"), str(tmp_path / "out.npz")],
-                   env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-c", POSTERIOR_ISA_CHILD, str(tmp_path / "sq.npy"), str(tmp_path / "out.npz")],
+        env=env,
+        check=True,
+    )
     with np.load(tmp_path / "out.npz") as out:
         if name not in str(out["simd"]):
             pytest.skip(f"this CPU or build has no {isa} variant (got {out['simd']})")
@@ -137,7 +146,9 @@ def test_lower_instruction_sets_match_oracle(tmp_path, isa, name):
         np.testing.assert_allclose(out["post"], o_post, rtol=0, atol=1e-6)
         np.testing.assert_allclose(out["windowed"], o_mean, rtol=0, atol=2e-3)
         check = np.arange(3000, 100_000, 97)
-        np.testing.assert_allclose(out["tabulated"][check], posterior_oracle(sq32[check], 21)[1], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(
+            out["tabulated"][check], posterior_oracle(sq32[check], 21)[1], rtol=0, atol=2e-5
+        )
 
 
 @pytest.mark.parametrize("k", [1, 2, 7])

@@ -49,16 +49,19 @@ def check_result(Q, X, k, sqdist, ids, rtol=1e-5):
 
 # n_train and n_query off every multiple of the lanes (4/8/16), group (x2), query tile (4/8)
 # and cache chunk; n_train below one group; k = 1 and k = n_train.
-@pytest.mark.parametrize("n_train, n_query, d, k", [
-    (1, 3, 1, 1),
-    (3, 5, 3, 3),
-    (7, 9, 17, 1),
-    (31, 33, 32, 6),
-    (97, 13, 100, 97),
-    (1000, 37, 3, 6),
-    (4099, 101, 17, 7),
-    (2051, 65, 100, 5),
-])
+@pytest.mark.parametrize(
+    "n_train, n_query, d, k",
+    [
+        (1, 3, 1, 1),
+        (3, 5, 3, 3),
+        (7, 9, 17, 1),
+        (31, 33, 32, 6),
+        (97, 13, 100, 97),
+        (1000, 37, 3, 6),
+        (4099, 101, 17, 7),
+        (2051, 65, 100, 5),
+    ],
+)
 def test_matches_oracle_at_odd_sizes(n_train, n_query, d, k):
     rng = np.random.default_rng(n_train * 7 + d)
     X = rng.standard_normal((n_train, d), dtype=np.float32)
@@ -149,23 +152,45 @@ def test_index_keeps_its_training_rows_alive():
     check_result(Q, expected, 4, sqdist, ids)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: _core.BruteForceIndex(np.ones((5, 3))), "float32"),
-    (lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32).T), "C-contiguous"),
-    (lambda: _core.BruteForceIndex(np.ones(5, dtype=np.float32)), "2-D"),
-    (lambda: _core.BruteForceIndex(np.ones((0, 3), dtype=np.float32)), "at least 1 training row"),
-    (lambda: _core.BruteForceIndex(np.ones((5, 0), dtype=np.float32)), "at least 1 feature"),
-    (lambda: _core.BruteForceIndex(np.array([[1.0, np.nan]], dtype=np.float32)), "non-finite"),
-    (lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(np.ones((2, 4), np.float32), 1),
-     "4 features but the index has 3"),
-    (lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(np.ones((2, 3), np.float32), 0),
-     r"k must be in \[1, 5\]"),
-    (lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(np.ones((2, 3), np.float32), 6),
-     r"k must be in \[1, 5\]"),
-    (lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(np.ones((2, 3)), 1), "float32"),
-    (lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(
-        np.full((2, 3), np.inf, dtype=np.float32), 1), "non-finite"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: _core.BruteForceIndex(np.ones((5, 3))), "float32"),
+        (lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32).T), "C-contiguous"),
+        (lambda: _core.BruteForceIndex(np.ones(5, dtype=np.float32)), "2-D"),
+        (lambda: _core.BruteForceIndex(np.ones((0, 3), dtype=np.float32)), "at least 1 training row"),
+        (lambda: _core.BruteForceIndex(np.ones((5, 0), dtype=np.float32)), "at least 1 feature"),
+        (lambda: _core.BruteForceIndex(np.array([[1.0, np.nan]], dtype=np.float32)), "non-finite"),
+        (
+            lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(
+                np.ones((2, 4), np.float32), 1
+            ),
+            "4 features but the index has 3",
+        ),
+        (
+            lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(
+                np.ones((2, 3), np.float32), 0
+            ),
+            r"k must be in \[1, 5\]",
+        ),
+        (
+            lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(
+                np.ones((2, 3), np.float32), 6
+            ),
+            r"k must be in \[1, 5\]",
+        ),
+        (
+            lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(np.ones((2, 3)), 1),
+            "float32",
+        ),
+        (
+            lambda: _core.BruteForceIndex(np.ones((5, 3), dtype=np.float32)).search(
+                np.full((2, 3), np.inf, dtype=np.float32), 1
+            ),
+            "non-finite",
+        ),
+    ],
+)
 def test_bad_input_raises_value_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -191,8 +216,10 @@ def assert_same_scores(X_train, X_test):
         flat = DTPMNonParametric(index="flat", score=score).fit(X_train)
         brute = DTPMNonParametric(index="brute", score=score).fit(X_train)
         assert brute.index_kind_ == "brute"
-        for a, b in ((flat.decision_scores_, brute.decision_scores_),
-                     (flat.decision_function(X_test), brute.decision_function(X_test))):
+        for a, b in (
+            (flat.decision_scores_, brute.decision_scores_),
+            (flat.decision_function(X_test), brute.decision_function(X_test)),
+        ):
             if score == "mean":
                 np.testing.assert_allclose(b, a, rtol=1e-6)
             else:

@@ -38,8 +38,10 @@ def test_scores_match_bruteforce_oracle(data, index, score):
     np.testing.assert_allclose(detector.decision_scores_, mean if score == "mean" else mode, atol=2e-3)
 
 
-@pytest.mark.parametrize("index, params", [("hnsw", None), ("ivf", {"nlist": 8, "nprobe": 4}),
-                                           ("hnsw", {"M": 8, "ef_search": 4, "candidates": 1})])
+@pytest.mark.parametrize(
+    "index, params",
+    [("hnsw", None), ("ivf", {"nlist": 8, "nprobe": 4}), ("hnsw", {"M": 8, "ef_search": 4, "candidates": 1})],
+)
 def test_approximate_indexes_stay_close_to_exact(index, params):
     rng = np.random.default_rng(2)
     X_train = rng.standard_normal((3000, 16)).astype(np.float32)
@@ -58,7 +60,9 @@ def test_batches_do_not_change_scores(data):
     one_batch = DTPMNonParametric().fit(X_train)
     small_batches = DTPMNonParametric(batch_size=7).fit(X_train)
     np.testing.assert_array_equal(one_batch.decision_scores_, small_batches.decision_scores_)
-    np.testing.assert_array_equal(one_batch.decision_function(X_test), small_batches.decision_function(X_test))
+    np.testing.assert_array_equal(
+        one_batch.decision_function(X_test), small_batches.decision_function(X_test)
+    )
 
 
 def test_posterior_and_explain(data):

@@ -47,7 +47,9 @@ def _rewrite(path, src, edit_member=None, manifest_edit=None):
 @pytest.mark.parametrize("index", ["flat", "kdtree", "hnsw", "ivf"])
 def test_save_load_scores_identically(tmp_path, data, index):
     X_train, X_test = data
-    model = dtpm_fast.DTPMNonParametric(index=index, score="mode" if index == "kdtree" else "mean").fit(X_train)
+    model = dtpm_fast.DTPMNonParametric(index=index, score="mode" if index == "kdtree" else "mean").fit(
+        X_train
+    )
     path = tmp_path / "model.dtpm"
     model.save(path)
     loaded = dtpm_fast.load(path)
@@ -70,7 +72,9 @@ def test_saved_model_scores_identically_in_a_fresh_process(tmp_path, data, fitte
         "m = dtpm_fast.load(sys.argv[1])\n"
         "np.save(sys.argv[3], m.decision_function(np.load(sys.argv[2])))\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(model_path), str(query_path), str(out_path)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", script, str(model_path), str(query_path), str(out_path)], check=True
+    )
     np.testing.assert_array_equal(np.load(out_path), fitted.decision_function(X_test))
 
 
@@ -99,7 +103,9 @@ def test_save_replaces_an_existing_file_atomically(tmp_path, data, fitted):
     path = tmp_path / "m.dtpm"
     path.write_bytes(b"old contents")
     fitted.save(path)
-    np.testing.assert_array_equal(dtpm_fast.load(path).decision_function(data[1]), fitted.decision_function(data[1]))
+    np.testing.assert_array_equal(
+        dtpm_fast.load(path).decision_function(data[1]), fitted.decision_function(data[1])
+    )
     assert sorted(os.listdir(tmp_path)) == ["m.dtpm"]
 
 

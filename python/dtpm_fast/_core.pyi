@@ -20,6 +20,7 @@ def neighbour_sqdist(
     ids: npt.NDArray[np.int64],
     want_contribution: bool = False,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating] | None]: ...
+
 class BruteForceIndex:
     """Exact brute-force k-NN over float32 rows (squared L2); copies the rows."""
 

@@ -36,7 +36,9 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
     numpy.ndarray of shape (n_samples, n_features), dtype ``dtype``, C-contiguous.
     """
     if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith("torch"):
-        raise ValueError(f"{name} is a device or torch array; pass a NumPy array here (or use device='cuda').")
+        raise ValueError(
+            f"{name} is a device or torch array; pass a NumPy array here (or use device='cuda')."
+        )
     try:
         arr = np.asarray(X)
     except (TypeError, ValueError) as exc:

@@ -106,14 +106,27 @@ def _key_value(value: str) -> tuple[str, int | float | str]:
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--columns", type=_column_list, metavar="A,B,...",
-                        help="feature columns, comma-separated (.npy: column positions); "
-                        "default: the model's columns when scoring, else every numeric column")
-    parser.add_argument("--batch-rows", type=_positive_int, default=65536, metavar="N",
-                        help="rows read and scored at a time; bounds memory (default 65536)")
-    parser.add_argument("--on-bad-row", choices=streaming.ON_BAD_ROW_CHOICES, default="error",
-                        help="a row with a missing/NaN/inf/non-numeric value or a wrong field count: "
-                        "stop with its row number (error, default) or skip and count it (skip)")
+    parser.add_argument(
+        "--columns",
+        type=_column_list,
+        metavar="A,B,...",
+        help="feature columns, comma-separated (.npy: column positions); "
+        "default: the model's columns when scoring, else every numeric column",
+    )
+    parser.add_argument(
+        "--batch-rows",
+        type=_positive_int,
+        default=65536,
+        metavar="N",
+        help="rows read and scored at a time; bounds memory (default 65536)",
+    )
+    parser.add_argument(
+        "--on-bad-row",
+        choices=streaming.ON_BAD_ROW_CHOICES,
+        default="error",
+        help="a row with a missing/NaN/inf/non-numeric value or a wrong field count: "
+        "stop with its row number (error, default) or skip and count it (skip)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
 
@@ -123,28 +136,49 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
 
 def _register_fit(subparsers) -> None:
     fit = subparsers.add_parser(
-        "fit", help="fit a detector on a Parquet/CSV/.npy file and save it",
+        "fit",
+        help="fit a detector on a Parquet/CSV/.npy file and save it",
         description="Fit a detector on normal (training) rows and save it for `dtpm-fast score`. "
         "Model options not given keep the model's defaults.",
     )
     fit.add_argument("train", type=_input_path, metavar="TRAIN", help="training rows (.parquet, .csv, .npy)")
-    fit.add_argument("--model", choices=sorted(MODELS), default="np",
-                     help="np: non-parametric (K nearest neighbours, default); categorical / "
-                     "inverse-gamma: neural network (needs torch)")
+    fit.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="np",
+        help="np: non-parametric (K nearest neighbours, default); categorical / "
+        "inverse-gamma: neural network (needs torch)",
+    )
     fit.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write")
     fit.add_argument("--n-neighbors", dest="n_neighbors", type=_positive_int, metavar="K", help="np: K")
-    fit.add_argument("--index", choices=("auto", "flat", "brute", "kdtree", "hnsw", "ivf"),
-                     help="np: neighbour index (flat/brute/kdtree exact, hnsw/ivf approximate + exact re-ranking)")
-    fit.add_argument("--index-param", dest="index_params", type=_key_value, action="append",
-                     metavar="KEY=VALUE", help="np: index parameter, e.g. ef_search=32 (repeatable)")
+    fit.add_argument(
+        "--index",
+        choices=("auto", "flat", "brute", "kdtree", "hnsw", "ivf"),
+        help="np: neighbour index (flat/brute/kdtree exact, hnsw/ivf approximate + exact re-ranking)",
+    )
+    fit.add_argument(
+        "--index-param",
+        dest="index_params",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="np: index parameter, e.g. ef_search=32 (repeatable)",
+    )
     fit.add_argument("--score", choices=("mean", "mode"), help="np: posterior mean (default) or mode of t")
     fit.add_argument("--T", dest="T", type=_positive_int, help="number of diffusion steps")
-    fit.add_argument("--batch-size", dest="batch_size", type=_positive_int, metavar="N",
-                     help="rows per internal batch (np: search; parametric: training minibatch)")
+    fit.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=_positive_int,
+        metavar="N",
+        help="rows per internal batch (np: search; parametric: training minibatch)",
+    )
     fit.add_argument("--epochs", type=_positive_int, help="parametric: training epochs")
     fit.add_argument("--lr", type=float, help="parametric: learning rate")
     fit.add_argument("--random-state", dest="random_state", type=int, metavar="SEED", help="parametric: seed")
-    fit.add_argument("--contamination", type=_contamination, help="expected outlier share; sets the threshold")
+    fit.add_argument(
+        "--contamination", type=_contamination, help="expected outlier share; sets the threshold"
+    )
     fit.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where fitting and scoring run")
     _add_input_options(fit)
     fit.set_defaults(func=run_fit, _parser=fit)
@@ -169,8 +203,9 @@ def run_fit(args) -> int:
         raise FileExistsError(f"output {args.output!r} already exists; pass --overwrite to replace it")
 
     started = time.perf_counter()
-    reader = streaming.open_reader(args.train, columns=args.columns, batch_rows=args.batch_rows,
-                                   on_bad_row=args.on_bad_row)
+    reader = streaming.open_reader(
+        args.train, columns=args.columns, batch_rows=args.batch_rows, on_bad_row=args.on_bad_row
+    )
     blocks = [batch.features for batch in reader]
     if not blocks:
         raise ValueError(f"{args.train!r} has no usable rows to fit on")
@@ -184,8 +219,11 @@ def run_fit(args) -> int:
         model.save(temporary)
     if not args.quiet:
         elapsed = time.perf_counter() - started
-        print(f"fitted {type(model).__name__} on {X.shape[0]:,} rows x {X.shape[1]} features "
-              f"in {elapsed:.1f} s -> {args.output}", file=sys.stderr)
+        print(
+            f"fitted {type(model).__name__} on {X.shape[0]:,} rows x {X.shape[1]} features "
+            f"in {elapsed:.1f} s -> {args.output}",
+            file=sys.stderr,
+        )
         if reader.bad_rows.count:
             print(reader.bad_rows.summary(), file=sys.stderr)
     return 0
@@ -196,23 +234,36 @@ def run_fit(args) -> int:
 
 def _register_score(subparsers) -> None:
     score = subparsers.add_parser(
-        "score", help="score a Parquet/CSV/.npy file with a saved model, streaming",
+        "score",
+        help="score a Parquet/CSV/.npy file with a saved model, streaming",
         description="Score INPUT batch by batch (memory bounded by --batch-rows) and write OUTPUT "
         "(.parquet or .csv) in the same row order with columns [id], [row], score, label, "
         "[posterior_mean]. 'row' (0-based input row) is added with --on-bad-row skip.",
     )
     score.add_argument("model", metavar="MODEL", help="model file from `dtpm-fast fit` / save() / export()")
-    score.add_argument("input", type=_input_path, metavar="INPUT", help="rows to score (.parquet, .csv, .npy)")
-    score.add_argument("-o", "--output", required=True, type=_output_path, metavar="OUTPUT",
-                       help="scores file (.parquet or .csv)")
+    score.add_argument(
+        "input", type=_input_path, metavar="INPUT", help="rows to score (.parquet, .csv, .npy)"
+    )
+    score.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=_output_path,
+        metavar="OUTPUT",
+        help="scores file (.parquet or .csv)",
+    )
     score.add_argument("--id-column", metavar="NAME", help="input column copied to the output")
     score.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where scoring runs")
     score.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for scoring")
-    score.add_argument("--contamination", type=_contamination,
-                       help="label threshold from this outlier share of the training scores "
-                       "(default: the model's threshold)")
-    score.add_argument("--posterior-mean", action="store_true",
-                       help="also write the posterior mean of the diffusion time")
+    score.add_argument(
+        "--contamination",
+        type=_contamination,
+        help="label threshold from this outlier share of the training scores "
+        "(default: the model's threshold)",
+    )
+    score.add_argument(
+        "--posterior-mean", action="store_true", help="also write the posterior mean of the diffusion time"
+    )
     _add_input_options(score)
     score.set_defaults(func=run_score)
 
@@ -234,8 +285,13 @@ def run_score(args) -> int:
     if columns is None and getattr(model, "feature_names_in_", None) is not None:
         if streaming.file_format(args.input) != "npy":
             columns = [str(name) for name in model.feature_names_in_]
-    reader = streaming.open_reader(args.input, columns=columns, id_column=args.id_column,
-                                   batch_rows=args.batch_rows, on_bad_row=args.on_bad_row)
+    reader = streaming.open_reader(
+        args.input,
+        columns=columns,
+        id_column=args.id_column,
+        batch_rows=args.batch_rows,
+        on_bad_row=args.on_bad_row,
+    )
     n_expected = getattr(model, "n_features_in_", None)
     if n_expected is not None and reader.n_features != n_expected:
         raise ValueError(
@@ -273,8 +329,10 @@ def run_score(args) -> int:
     if not args.quiet:
         elapsed = time.perf_counter() - started
         rate = writer.rows_written / elapsed if elapsed > 0 else float("inf")
-        print(f"scored {writer.rows_written:,} rows in {elapsed:.1f} s ({rate:,.0f} rows/s) -> {args.output}",
-              file=sys.stderr)
+        print(
+            f"scored {writer.rows_written:,} rows in {elapsed:.1f} s ({rate:,.0f} rows/s) -> {args.output}",
+            file=sys.stderr,
+        )
     if reader.bad_rows.count:  # reported even with --quiet: rows are missing from the output
         print(f"dtpm-fast score: {reader.bad_rows.summary()}", file=sys.stderr)
     return 0
@@ -386,8 +444,11 @@ def installation_info() -> dict:
         import faiss
 
         n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        info["faiss"] = {"version": faiss.__version__, "gpu_build": hasattr(faiss, "StandardGpuResources"),
-                         "gpus": int(n_gpus)}
+        info["faiss"] = {
+            "version": faiss.__version__,
+            "gpu_build": hasattr(faiss, "StandardGpuResources"),
+            "gpus": int(n_gpus),
+        }
     except ImportError:
         info["faiss"] = None
     try:
@@ -398,7 +459,9 @@ def installation_info() -> dict:
             "version": torch.__version__,
             "cuda_build": torch.version.cuda,
             "cuda_available": cuda,
-            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if cuda
+            else [],
         }
     except ImportError:
         info["torch"] = None

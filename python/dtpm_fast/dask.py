@@ -47,7 +47,9 @@ def _score_block(block: np.ndarray, model) -> np.ndarray:
     model = _unwrap(model)
     if block.shape[0] == 0:
         return np.empty(0, dtype=np.float64)
-    return np.asarray(model.decision_function(np.ascontiguousarray(block, dtype=np.float32)), dtype=np.float64)
+    return np.asarray(
+        model.decision_function(np.ascontiguousarray(block, dtype=np.float32)), dtype=np.float64
+    )
 
 
 def _score_partition(frame, model, columns: list):
@@ -115,11 +117,18 @@ def decision_function(model, data, *, columns=None, client=None):
         if data.ndim != 2:
             raise ValueError(f"data must be a 2-D Dask array (rows, features), got {data.ndim}-D")
         if data.shape[1] != n_features:
-            raise ValueError(f"data has {data.shape[1]} columns but the model was fitted on {n_features} features")
+            raise ValueError(
+                f"data has {data.shape[1]} columns but the model was fitted on {n_features} features"
+            )
         if len(data.chunks[1]) > 1:
             data = data.rechunk({1: -1})
-        return data.map_blocks(_score_block, _ship(model, client), drop_axis=1, dtype=np.float64,
-                               meta=np.empty((0,), dtype=np.float64))
+        return data.map_blocks(
+            _score_block,
+            _ship(model, client),
+            drop_axis=1,
+            dtype=np.float64,
+            meta=np.empty((0,), dtype=np.float64),
+        )
 
     if isinstance(data, dd.DataFrame):
         import pandas as pd
@@ -132,7 +141,9 @@ def decision_function(model, data, *, columns=None, client=None):
         if missing:
             raise ValueError(f"columns {missing} are not in the DataFrame (columns: {list(data.columns)})")
         if len(columns) != n_features:
-            raise ValueError(f"{len(columns)} columns selected but the model was fitted on {n_features} features")
+            raise ValueError(
+                f"{len(columns)} columns selected but the model was fitted on {n_features} features"
+            )
         meta = pd.Series([], dtype=np.float64, name="score")
         return data.map_partitions(_score_partition, _ship(model, client), columns, meta=meta)
 

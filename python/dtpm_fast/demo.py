@@ -43,24 +43,37 @@ def run(top: int = 5, seed: int = 0) -> dict:
     order = np.argsort(-scores)[:top]
     contributions = model.explain(X[test[order]])
     return {
-        "n_train": train.size, "n_test": test.size, "n_features": X.shape[1],
-        "auc_roc": auc_roc(y[test], scores), "fit_s": fit_s, "score_s": score_s,
-        "rows_per_s": test.size / score_s, "index": model.index_kind_,
-        "top_rows": test[order], "top_scores": scores[order], "top_labels": y[test[order]],
+        "n_train": train.size,
+        "n_test": test.size,
+        "n_features": X.shape[1],
+        "auc_roc": auc_roc(y[test], scores),
+        "fit_s": fit_s,
+        "score_s": score_s,
+        "rows_per_s": test.size / score_s,
+        "index": model.index_kind_,
+        "top_rows": test[order],
+        "top_scores": scores[order],
+        "top_labels": y[test[order]],
         "top_features": np.argsort(-contributions, axis=1)[:, :3],
-        "top_feature_share": np.sort(contributions, axis=1)[:, ::-1][:, :3] / contributions.sum(1, keepdims=True),
+        "top_feature_share": np.sort(contributions, axis=1)[:, ::-1][:, :3]
+        / contributions.sum(1, keepdims=True),
     }
 
 
 def _print_report(r: dict) -> None:
     print("dtpm_fast demo: DTPMNonParametric (K=5, T=300, posterior mean) on ADBench 6_cardio")
-    print(f"  train {r['n_train']} normal rows, test {r['n_test']} rows, {r['n_features']} features, "
-          f"index {r['index']}")
-    print(f"  AUC-ROC {100 * r['auc_roc']:.2f}%   fit {r['fit_s'] * 1e3:.1f} ms   "
-          f"score {r['score_s'] * 1e3:.1f} ms ({r['rows_per_s']:,.0f} rows/s)")
+    print(
+        f"  train {r['n_train']} normal rows, test {r['n_test']} rows, {r['n_features']} features, "
+        f"index {r['index']}"
+    )
+    print(
+        f"  AUC-ROC {100 * r['auc_roc']:.2f}%   fit {r['fit_s'] * 1e3:.1f} ms   "
+        f"score {r['score_s'] * 1e3:.1f} ms ({r['rows_per_s']:,.0f} rows/s)"
+    )
     print("  top anomalies (row, score, true label, most anomalous features with share of D2):")
-    for row, score, label, feats, share in zip(r["top_rows"], r["top_scores"], r["top_labels"],
-                                               r["top_features"], r["top_feature_share"]):
+    for row, score, label, feats, share in zip(
+        r["top_rows"], r["top_scores"], r["top_labels"], r["top_features"], r["top_feature_share"]
+    ):
         parts = ", ".join(f"x{f} {100 * s:.0f}%" for f, s in zip(feats, share))
         print(f"    row {row:5d}  score {score:6.1f}  label {label}  {parts}")
 

@@ -119,8 +119,11 @@ class DTPMNonParametric(BaseDetector):
         self._gpu = None
         engine = self._engine()
         # On the GPU the search is exact on the device; the host index is built only for CPU scoring.
-        self._index = None if engine is not None else neighbours.build_index(
-            self.index_kind_, self._train, self._index_params)
+        self._index = (
+            None
+            if engine is not None
+            else neighbours.build_index(self.index_kind_, self._train, self._index_params)
+        )
         if engine is not None:
             mode, mean = engine.train_scores()
         else:
@@ -137,8 +140,7 @@ class DTPMNonParametric(BaseDetector):
         X = self._checked(X)
         if self._engine() is not None:
             return self._engine().decision_function(X, self.score)
-        mode, mean, _ = self._score_rows(X, want_mode=self.score == "mode",
-                                         want_mean=self.score == "mean")
+        mode, mean, _ = self._score_rows(X, want_mode=self.score == "mode", want_mean=self.score == "mean")
         return mean if self.score == "mean" else mode.astype(np.float64)
 
     def posterior(self, X) -> np.ndarray:
@@ -183,9 +185,17 @@ class DTPMNonParametric(BaseDetector):
         if self._gpu is None or self._gpu_device != self._device:
             grid = self._grid
             self._gpu = _gpu.NonParametricEngine(
-                self._train, self._scaler.mean, self._scaler.scale, grid.log_sigma2, grid.inv_sigma2,
-                self.n_neighbors, device=self._device, batch_size=self.batch_size,
-                faiss_index="ivf" if self.index_kind_ == "ivf" else "flat", faiss_params=self._index_params)
+                self._train,
+                self._scaler.mean,
+                self._scaler.scale,
+                grid.log_sigma2,
+                grid.inv_sigma2,
+                self.n_neighbors,
+                device=self._device,
+                batch_size=self.batch_size,
+                faiss_index="ivf" if self.index_kind_ == "ivf" else "flat",
+                faiss_params=self._index_params,
+            )
             self._gpu_device = self._device
         return self._gpu
 
@@ -200,7 +210,11 @@ class DTPMNonParametric(BaseDetector):
         k_search = self.n_neighbors + (1 if leave_one_out else 0)
         for start in range(0, X.shape[0], self.batch_size):
             stop = min(start + self.batch_size, X.shape[0])
-            Q = X[start:stop] if standardized or not self.standardize else self._scaler.transform(X[start:stop])
+            Q = (
+                X[start:stop]
+                if standardized or not self.standardize
+                else self._scaler.transform(X[start:stop])
+            )
             ids = self._host_index().search(Q, k_search)
             if (ids < 0).any():  # an approximate index came back short: search those rows exactly
                 ids = self._fill_missing(Q, ids)
@@ -222,8 +236,9 @@ class DTPMNonParametric(BaseDetector):
         order = np.argsort(sq, axis=1, kind="stable")[:, : self.n_neighbors]
         return np.take_along_axis(sq, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
-    def _score_rows(self, X, standardized=False, leave_one_out=False, want_mode=True, want_mean=True,
-                    want_posterior=False):
+    def _score_rows(
+        self, X, standardized=False, leave_one_out=False, want_mode=True, want_mean=True, want_posterior=False
+    ):
         if self._engine() is not None:  # host (NumPy) results, like the CPU path
             engine = self._engine()
             X = engine._as_device_matrix(X) if _gpu.is_device_array(X) else X
@@ -238,8 +253,15 @@ class DTPMNonParametric(BaseDetector):
             sq, _ = _core.neighbour_sqdist(Q, self._train, ids, False)
             if ids.shape[1] > self.n_neighbors:
                 sq = self._top_k(sq, ids)[0]
-            m, mu, p = _core.posterior(sq, self.n_features_in_, grid.log_sigma2, grid.inv_sigma2,
-                                       want_mode, want_mean, want_posterior)
+            m, mu, p = _core.posterior(
+                sq,
+                self.n_features_in_,
+                grid.log_sigma2,
+                grid.inv_sigma2,
+                want_mode,
+                want_mean,
+                want_posterior,
+            )
             if want_mode:
                 mode[start:stop] = m
             if want_mean:
@@ -251,11 +273,19 @@ class DTPMNonParametric(BaseDetector):
     # ---- persistence hooks ------------------------------------------------------------------
     def _get_state(self):
         check_is_fitted(self, "_index")
-        meta = {"params": self.get_params(), "n_features_in": self.n_features_in_,
-                "index_kind": self.index_kind_, "index_params": self._index_params,
-                "threshold": self.threshold_}
-        arrays = {"train": self._train, "scaler_mean": self._scaler.mean, "scaler_scale": self._scaler.scale,
-                  "decision_scores": self.decision_scores_}
+        meta = {
+            "params": self.get_params(),
+            "n_features_in": self.n_features_in_,
+            "index_kind": self.index_kind_,
+            "index_params": self._index_params,
+            "threshold": self.threshold_,
+        }
+        arrays = {
+            "train": self._train,
+            "scaler_mean": self._scaler.mean,
+            "scaler_scale": self._scaler.scale,
+            "decision_scores": self.decision_scores_,
+        }
         index_bytes = self._index.to_bytes() if self._index is not None else None
         blobs = {"index": index_bytes} if index_bytes is not None else {}
         return meta, arrays, blobs
@@ -277,8 +307,13 @@ class DTPMNonParametric(BaseDetector):
         self.index_kind_ = meta["index_kind"]
         self._index_params = neighbours.resolve_params(self.index_kind_, meta["index_params"])
         self._gpu = None
-        self._index = None if self._engine() is not None else neighbours.build_index(
-            self.index_kind_, self._train, self._index_params, serialized=blobs.get("index"))
+        self._index = (
+            None
+            if self._engine() is not None
+            else neighbours.build_index(
+                self.index_kind_, self._train, self._index_params, serialized=blobs.get("index")
+            )
+        )
         self.decision_scores_ = np.asarray(arrays["decision_scores"], dtype=np.float64)
         self.threshold_ = float(meta["threshold"])
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)

@@ -205,13 +205,19 @@ def save(detector, path: str | os.PathLike) -> None:
                 with archive.open(member, "w", force_zip64=True) as stream:
                     writer = _HashingWriter(stream)
                     np.lib.format.write_array(writer, np.ascontiguousarray(array), allow_pickle=False)
-                members["arrays"][key] = {"member": member, "bytes": writer.size,
-                                          "sha256": writer.sha256.hexdigest()}
+                members["arrays"][key] = {
+                    "member": member,
+                    "bytes": writer.size,
+                    "sha256": writer.sha256.hexdigest(),
+                }
             for key, blob in state["blobs"].items():
                 member = f"blobs/{key}.bin"
                 archive.writestr(member, blob)
-                members["blobs"][key] = {"member": member, "bytes": len(blob),
-                                         "sha256": hashlib.sha256(blob).hexdigest()}
+                members["blobs"][key] = {
+                    "member": member,
+                    "bytes": len(blob),
+                    "sha256": hashlib.sha256(blob).hexdigest(),
+                }
             manifest = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,

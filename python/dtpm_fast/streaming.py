@@ -143,7 +143,9 @@ def file_format(path: str | os.PathLike, role: str = "input") -> str:
         if name.endswith(suffix):
             return fmt
     known = ", ".join(_FORMATS_BY_SUFFIX)
-    raise ValueError(f"cannot tell the format of {role} file {os.fspath(path)!r} from its name; use one of {known}")
+    raise ValueError(
+        f"cannot tell the format of {role} file {os.fspath(path)!r} from its name; use one of {known}"
+    )
 
 
 def open_reader(
@@ -284,9 +286,7 @@ class ParquetBatchReader(BatchReader):
         if self.id_column is not None and self.id_column not in names:
             raise ValueError(f"--id-column {self.id_column!r} is not a column of {path!r} (columns: {names})")
         if columns is None:
-            columns = [
-                f.name for f in schema if f.name != self.id_column and _is_numeric_type(f.type)
-            ]
+            columns = [f.name for f in schema if f.name != self.id_column and _is_numeric_type(f.type)]
             if not columns:
                 raise ValueError(f"{path!r} has no numeric columns to use as features")
         for name in columns:
@@ -308,7 +308,9 @@ class ParquetBatchReader(BatchReader):
             wanted.append(self.id_column)
         next_row = 0
         # One decoding thread: this already runs beside the scoring threads (see prefetch).
-        for record_batch in self._file.iter_batches(batch_size=self.batch_rows, columns=wanted, use_threads=False):
+        for record_batch in self._file.iter_batches(
+            batch_size=self.batch_rows, columns=wanted, use_threads=False
+        ):
             m = record_batch.num_rows
             features = _columns_to_matrix([record_batch.column(name) for name in self.feature_columns], m)
             rows = np.arange(next_row, next_row + m, dtype=np.int64)
@@ -321,7 +323,9 @@ class ParquetBatchReader(BatchReader):
 
 
 def _is_numeric_type(arrow_type: pa.DataType) -> bool:
-    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type)
+    return (
+        pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type)
+    )
 
 
 def _columns_to_matrix(columns: Sequence[pa.Array], m: int) -> np.ndarray:
@@ -351,7 +355,9 @@ class CsvBatchReader(BatchReader):
         columns = kwargs["columns"]
         header = _csv_header(path)
         if self.id_column is not None and self.id_column not in header:
-            raise ValueError(f"--id-column {self.id_column!r} is not a column of {path!r} (columns: {header})")
+            raise ValueError(
+                f"--id-column {self.id_column!r} is not a column of {path!r} (columns: {header})"
+            )
         if columns is None:
             columns = [name for name in header if name != self.id_column]
         for name in columns:
@@ -519,7 +525,9 @@ class NpyBatchReader(BatchReader):
     def __init__(self, path, **kwargs):
         super().__init__(path, **kwargs)
         if self.id_column is not None:
-            raise ValueError("--id-column is not available for .npy input (an .npy file has no named columns)")
+            raise ValueError(
+                "--id-column is not available for .npy input (an .npy file has no named columns)"
+            )
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
@@ -540,7 +548,9 @@ class NpyBatchReader(BatchReader):
                     f"columns of an .npy input are integer positions, got {list(columns)}"
                 ) from None
             if any(not 0 <= j < array.shape[1] for j in index):
-                raise ValueError(f"column positions {index} out of range for {array.shape[1]} columns in {path!r}")
+                raise ValueError(
+                    f"column positions {index} out of range for {array.shape[1]} columns in {path!r}"
+                )
             self._column_index = np.asarray(index)
             self.feature_columns = [str(j) for j in index]
         self._array = array
@@ -630,7 +640,9 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
             try:
                 os.link(temporary, path)
             except FileExistsError:
-                raise FileExistsError(f"output {path!r} already exists; pass --overwrite to replace it") from None
+                raise FileExistsError(
+                    f"output {path!r} already exists; pass --overwrite to replace it"
+                ) from None
             except OSError:  # file systems without hard links
                 if os.path.exists(path):
                     raise FileExistsError(f"output {path!r} already exists; pass --overwrite to replace it")

@@ -15,7 +15,9 @@ def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 0,1,2, got {text!r}"
+        ) from None
 
 
 def _name_list(text: str) -> list[str]:
@@ -35,9 +37,13 @@ def _model_option(text: str) -> tuple[str, object]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` options to ``parser``."""
-    parser.add_argument("--data", required=True, help="folder of ADBench .npz files (directly or in Classical/ etc.)")
+    parser.add_argument(
+        "--data", required=True, help="folder of ADBench .npz files (directly or in Classical/ etc.)"
+    )
     parser.add_argument("--out", required=True, help="output folder: runs.csv, report.md, summary.csv, plot")
-    parser.add_argument("--datasets", type=_name_list, default=None, help="comma-separated file stems (default: all)")
+    parser.add_argument(
+        "--datasets", type=_name_list, default=None, help="comma-separated file stems (default: all)"
+    )
     parser.add_argument(
         "--models",
         type=_name_list,
@@ -45,9 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated, from: {', '.join(model_names())} (default: np)",
     )
     parser.add_argument("--protocol", choices=("semi", "unsup"), default="semi")
-    parser.add_argument("--seeds", type=_int_list, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)")
+    parser.add_argument(
+        "--seeds", type=_int_list, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs of trained models (default: theirs)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs of trained models (default: theirs)"
+    )
     parser.add_argument(
         "--model-option",
         type=_model_option,

@@ -9,7 +9,9 @@ def _check_scores(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
     y_true = np.asarray(y_true).astype(np.int64).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if y_true.shape != scores.shape:
-        raise ValueError(f"y_true has {y_true.size} entries but scores has {scores.size}; pass one score per row")
+        raise ValueError(
+            f"y_true has {y_true.size} entries but scores has {scores.size}; pass one score per row"
+        )
     if not np.isin(y_true, (0, 1)).all():
         raise ValueError("y_true must hold only 0 (normal) and 1 (anomaly)")
     if y_true.min(initial=1) == y_true.max(initial=0):

@@ -143,7 +143,9 @@ def _pyod_knn(options: ModelOptions) -> Any:
     try:
         from pyod.models.knn import KNN
     except ImportError as exc:
-        raise ValueError("model 'knn' needs PyOD: pip install 'dtpm-fast[eval]' (or pip install pyod)") from exc
+        raise ValueError(
+            "model 'knn' needs PyOD: pip install 'dtpm-fast[eval]' (or pip install pyod)"
+        ) from exc
     # PyOD's defaults, as the paper's semi-supervised column was run: 5 neighbours, distance to
     # the 5th. Its unsupervised column matches n_neighbors=32 exactly (bench/results/evaluation.md).
     return KNN() if options.n_neighbors is None else KNN(n_neighbors=options.n_neighbors)
@@ -151,25 +153,39 @@ def _pyod_knn(options: ModelOptions) -> Any:
 
 register_model(
     ModelSpec(
-        "np", "DTE-NP", _nonparametric("mean"), "DTPMNonParametric, posterior-mean score (K=5, T=300)",
+        "np",
+        "DTE-NP",
+        _nonparametric("mean"),
+        "DTPMNonParametric, posterior-mean score (K=5, T=300)",
         neighbours=True,
     )
 )
 register_model(
     ModelSpec(
-        "np-mode", "DTE-NP", _nonparametric("mode"), "DTPMNonParametric, posterior-mode score (K=5, T=300)",
+        "np-mode",
+        "DTE-NP",
+        _nonparametric("mode"),
+        "DTPMNonParametric, posterior-mode score (K=5, T=300)",
         neighbours=True,
     )
 )
 register_model(
-    ModelSpec("categorical", "DTE-C", _trained_model("DTPMCategorical"), "DTPMCategorical (torch)", trained=True)
+    ModelSpec(
+        "categorical", "DTE-C", _trained_model("DTPMCategorical"), "DTPMCategorical (torch)", trained=True
+    )
 )
 register_model(
     ModelSpec(
-        "inverse-gamma", "DTE-IG", _trained_model("DTPMInverseGamma"), "DTPMInverseGamma (torch)", trained=True
+        "inverse-gamma",
+        "DTE-IG",
+        _trained_model("DTPMInverseGamma"),
+        "DTPMInverseGamma (torch)",
+        trained=True,
     )
 )
 register_model(ModelSpec("knn", "KNN", _pyod_knn, "PyOD KNN (n_neighbors=5, largest)", neighbours=True))
 register_model(
-    ModelSpec("ddpm", "DDPM", _trained_model("DDPMReconstruction"), "DDPMReconstruction (torch)", trained=True)
+    ModelSpec(
+        "ddpm", "DDPM", _trained_model("DDPMReconstruction"), "DDPMReconstruction (torch)", trained=True
+    )
 )

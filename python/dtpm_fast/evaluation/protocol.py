@@ -125,9 +125,7 @@ def load_dataset(data_dir: str | Path, name: str) -> tuple[np.ndarray, np.ndarra
     """Load the data set with file stem ``name`` (e.g. ``"6_cardio"``) from ``data_dir``."""
     datasets = find_datasets(data_dir)
     if name not in datasets:
-        raise ValueError(
-            f"no data set {name!r} in {data_dir}; available: {', '.join(datasets) or '(none)'}"
-        )
+        raise ValueError(f"no data set {name!r} in {data_dir}; available: {', '.join(datasets) or '(none)'}")
     return load_npz(datasets[name])
 
 

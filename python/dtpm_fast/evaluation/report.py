@@ -62,7 +62,9 @@ def load_paper_table(reference_dir: str | Path, protocol: str):
         raise ValueError(f"protocol must be one of {tuple(PAPER_FILES)}, got {protocol!r}")
     path = Path(reference_dir) / PAPER_FILES[protocol]
     if not path.exists():
-        raise ValueError(f"paper table {path} not found; pass --reference DIR holding {PAPER_FILES[protocol]}")
+        raise ValueError(
+            f"paper table {path} not found; pass --reference DIR holding {PAPER_FILES[protocol]}"
+        )
     return pd.read_csv(path).set_index("dataset")
 
 
@@ -110,7 +112,9 @@ def summarise(runs, paper, model_columns: dict[str, str | None]):
         score_s=("score_s", "mean"),
         score_rows_per_s=("score_rows_per_s", "mean"),
     ).reset_index()
-    matches = match_paper_names(sorted(table["dataset"].unique()), list(paper.index) if paper is not None else [])
+    matches = match_paper_names(
+        sorted(table["dataset"].unique()), list(paper.index) if paper is not None else []
+    )
     paper_mean, paper_std, group = [], [], []
     for dataset, model in zip(table["dataset"], table["model"]):
         column = model_columns.get(model)
@@ -242,15 +246,25 @@ def write_plot(table, path: Path, protocol: str, model_order: list[str] | None =
     for i, model in enumerate(m for m in order if m in set(shown["model"])):
         rows = shown[shown["model"] == model]
         ax.errorbar(
-            rows["paper"], rows["ours"], xerr=rows["paper_std"].fillna(0), yerr=rows["ours_std"].fillna(0),
-            fmt=markers[i % len(markers)], ms=5, mfc="none", capsize=2, alpha=0.8, label=model,
+            rows["paper"],
+            rows["ours"],
+            xerr=rows["paper_std"].fillna(0),
+            yerr=rows["ours_std"].fillna(0),
+            fmt=markers[i % len(markers)],
+            ms=5,
+            mfc="none",
+            capsize=2,
+            alpha=0.8,
+            label=model,
         )
     # Label each outlying data set once (at its largest deviation), at most MAX_LABELS of them,
     # so the plot stays readable when many deviate; the table lists them all.
     outliers = shown[shown["outside"]].assign(abs_diff=lambda t: t["diff"].abs())
     outliers = outliers.sort_values("abs_diff", ascending=False).drop_duplicates("dataset").head(MAX_LABELS)
     for _, r in outliers.iterrows():
-        ax.annotate(r["dataset"], (r["paper"], r["ours"]), fontsize=7, xytext=(3, -8), textcoords="offset points")
+        ax.annotate(
+            r["dataset"], (r["paper"], r["ours"]), fontsize=7, xytext=(3, -8), textcoords="offset points"
+        )
     lo = float(np.nanmin(np.r_[shown["paper"], shown["ours"], 50.0])) - 2 if len(shown) else 40.0
     ax.plot([lo, 101], [lo, 101], color="grey", lw=1, ls="--", label="ours = paper")
     ax.set_xlim(lo, 101)
@@ -312,7 +326,8 @@ def write_report(out_dir: str | Path, reference_dir: str | Path | None = None) -
         "",
         *[f"- {line}" for line in lines],
         "",
-        "Training budgets: " + ", ".join(f"{m}: {budgets[m]}" for m in model_order if budgets.get(m) not in (None, "{}"))
+        "Training budgets: "
+        + ", ".join(f"{m}: {budgets[m]}" for m in model_order if budgets.get(m) not in (None, "{}"))
         if any(budgets.get(m) not in (None, "{}") for m in model_order)
         else "No trained models in this run.",
         "",
@@ -323,8 +338,11 @@ def write_report(out_dir: str | Path, reference_dir: str | Path | None = None) -
         "## Outside the tolerance",
         "",
         *(
-            [f"- {r.dataset} / {r.model}: ours {r.ours:.2f}, paper {r.paper:.2f} (std {r.paper_std:.2f}), "
-             f"diff {r.diff:+.2f}" for r in outside.itertuples()]
+            [
+                f"- {r.dataset} / {r.model}: ours {r.ours:.2f}, paper {r.paper:.2f} (std {r.paper_std:.2f}), "
+                f"diff {r.diff:+.2f}"
+                for r in outside.itertuples()
+            ]
             or ["- none"]
         ),
         "",
@@ -336,7 +354,9 @@ def write_report(out_dir: str | Path, reference_dir: str | Path | None = None) -
     sizes = runs.groupby(["dataset", "model"])[["n_train"]].first()
     for r in table.itertuples():
         n_train = int(sizes.loc[(r.dataset, r.model), "n_train"])
-        parts.append(f"| {r.dataset} | {r.model} | {n_train} | {r.fit_s:.3f} | {r.score_s:.3f} | {r.score_rows_per_s:,.0f} |")
+        parts.append(
+            f"| {r.dataset} | {r.model} | {n_train} | {r.fit_s:.3f} | {r.score_s:.3f} | {r.score_rows_per_s:,.0f} |"
+        )
     if plotted:
         parts += ["", "![ours vs paper](aucroc_vs_paper.png)"]
     (out_dir / "report.md").write_text("\n".join(parts) + "\n")

@@ -114,8 +114,13 @@ def write_runs(out_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _options(config: RunConfig, seed: int) -> ModelOptions:
-    return ModelOptions(seed=seed, device=config.device, epochs=config.epochs, extra=config.extra,
-                        n_neighbors=config.n_neighbors)
+    return ModelOptions(
+        seed=seed,
+        device=config.device,
+        epochs=config.epochs,
+        extra=config.extra,
+        n_neighbors=config.n_neighbors,
+    )
 
 
 def _check_manifest(config: RunConfig, budgets: dict[str, dict]) -> dict[str, Any]:
@@ -195,10 +200,7 @@ def run(config: RunConfig, progress: TextIO | None = None) -> list[dict[str, Any
         raise ValueError(f"no .npz files in {config.data_dir} (or its ADBench sub-folders)")
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    budgets = {
-        m: budget(get_model(m), _options(config, seed=0))
-        for m in config.models
-    }
+    budgets = {m: budget(get_model(m), _options(config, seed=0)) for m in config.models}
     _check_manifest(config, budgets)
 
     rows: list[dict[str, Any]] = read_runs(config.out_dir)
