@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import dtpm_fast
 import numpy as np
 import torch
+
+import dtpm_fast
 from dtpm_fast import DTPMNonParametric, _gpu
 from dtpm_fast.schedule import PosteriorGrid
 

@@ -91,8 +91,13 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     for data, X, Q in [*real_cases(rng, args.quick), *gaussian_cases(rng, args.quick)]:
         d = X.shape[1]
-        t = {kind: best_of(lambda kind=kind: build_and_search(kind, X, Q)) for kind in ("flat", "brute")}
-        t["kdtree"] = best_of(lambda: build_and_search("kdtree", X, Q)) if d <= KDTREE_MAX_DIM else None
+        t = {
+            kind: best_of(lambda kind=kind, X=X, Q=Q: build_and_search(kind, X, Q))
+            for kind in ("flat", "brute")
+        }
+        t["kdtree"] = (
+            best_of(lambda X=X, Q=Q: build_and_search("kdtree", X, Q)) if d <= KDTREE_MAX_DIM else None
+        )
         kd = f"{t['kdtree']:.4f}" if t["kdtree"] is not None else "-"
         kd_ratio = f"{t['kdtree'] / t['brute']:.2f}" if t["kdtree"] is not None else "-"
         lines.append(

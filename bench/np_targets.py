@@ -41,15 +41,15 @@ def semi_split(name: str):
     from dtpm_fast.evaluation.protocol import load_dataset, prepare_split
 
     X, y = load_dataset(SHARED / "data" / "adbench", name)
-    X_train, X_test, y_test = prepare_split(X, y, seed=0, protocol="semi")
+    X_train, X_test, _ = prepare_split(X, y, seed=0, protocol="semi")
     return X_train.astype(np.float32), X_test.astype(np.float32)
 
 
 # ---- 1. speed ------------------------------------------------------------------------------
 def speed(quick: bool) -> list[str]:
     import faiss
-    from authors_style import AuthorsStyleDTENP
 
+    from authors_style import AuthorsStyleDTENP
     from dtpm_fast import DTPMNonParametric
 
     rng = np.random.default_rng(0)
@@ -73,10 +73,20 @@ def speed(quick: bool) -> list[str]:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, (X_train, X_test) in problems.items():
-        t_authors = best_of(lambda: AuthorsStyleDTENP().fit(X_train).scores(X_test), 1 if not quick else 1)
-        t_faiss = best_of(lambda: bare_faiss(X_train, X_test), 5)
-        t_auto = best_of(lambda: DTPMNonParametric().fit(X_train).decision_function(X_test), 5)
-        t_flat = best_of(lambda: DTPMNonParametric(index="flat").fit(X_train).decision_function(X_test), 5)
+        t_authors = best_of(
+            lambda X_train=X_train, X_test=X_test: AuthorsStyleDTENP().fit(X_train).scores(X_test), 1
+        )
+        t_faiss = best_of(lambda X_train=X_train, X_test=X_test: bare_faiss(X_train, X_test), 5)
+        t_auto = best_of(
+            lambda X_train=X_train, X_test=X_test: DTPMNonParametric().fit(X_train).decision_function(X_test),
+            5,
+        )
+        t_flat = best_of(
+            lambda X_train=X_train, X_test=X_test: (
+                DTPMNonParametric(index="flat").fit(X_train).decision_function(X_test)
+            ),
+            5,
+        )
         lines.append(
             f"| {label} | {t_authors:.3f} | {t_faiss:.4f} | {t_auto:.4f} | {t_flat:.4f} | "
             f"{t_authors / t_auto:.0f}x | {t_authors / t_flat:.0f}x | {t_authors / t_faiss:.0f}x |"
@@ -113,8 +123,10 @@ def memory(quick: bool) -> list[str]:
     n_query = 100_000 if quick else 1_000_000
     n_train, d = 20_000, 32
     lines = [
-        f"Scoring {n_query:,} query rows (d = {d}, float32 input of {n_query * d * 4 / 2**20:.0f} MiB) "
-        f"against {n_train:,} training rows, K = 5 (index auto = the native brute force at this d):",
+        (
+            f"Scoring {n_query:,} query rows (d = {d}, float32 input of {n_query * d * 4 / 2**20:.0f} MiB) "
+            f"against {n_train:,} training rows, K = 5 (index auto = the native brute force at this d):"
+        ),
         "",
         "| index | batch_size | peak RSS increase while scoring (MiB) | of which the float64 scores (MiB) | n*K*4 bytes (MiB) |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -162,7 +174,10 @@ def index_choice(quick: bool) -> list[str]:
         cases.append((f"gaussian d={d}", X[: cap // 2], X[cap // 2 :], None))
     for name, X_train, X_test, y_test in cases:
         fitted = {kind: DTPMNonParametric(index=kind).fit(X_train) for kind in ("flat", "kdtree", "hnsw")}
-        times = {kind: best_of(lambda m=m: m.decision_function(X_test), 3) for kind, m in fitted.items()}
+        times = {
+            kind: best_of(lambda m=m, X_test=X_test: m.decision_function(X_test), 3)
+            for kind, m in fitted.items()
+        }
         Z_train = fitted["flat"]._train
         Z_test = fitted["flat"]._scaler.transform(X_test)
         _, exact = faiss.knn(Z_test, Z_train, 5)
@@ -184,7 +199,8 @@ def index_choice(quick: bool) -> list[str]:
 def machine() -> str:
     import dtpm_fast
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
+    with open("/proc/cpuinfo") as cpuinfo:
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "?")
     return (
         f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, dtpm_fast {dtpm_fast.__version__} "
         f"({json.dumps(dtpm_fast.build_info())})"

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from dtpm_fast.parametric import DTPMCategorical, DTPMInverseGamma, load_exported
 
 D = 21

@@ -61,9 +61,10 @@ VARIANTS = {
 
 def run_one(dataset: str, seed: int, variant: str, epochs: int) -> dict:
     import torch
+    from sklearn.metrics import roc_auc_score
+
     from dtpm_fast.evaluation.protocol import load_dataset, prepare_split
     from dtpm_fast.parametric import detectors
-    from sklearn.metrics import roc_auc_score
 
     X, y = load_dataset(DATA_DIR, dataset)
     X_train, X_test, y_test = prepare_split(X, y, seed, "semi")

@@ -13,7 +13,8 @@ import sys
 
 
 def table(path: str) -> str:
-    data = json.loads(open(path).read())
+    with open(path) as handle:
+        data = json.loads(handle.read())
     lines = [
         f"Size: {data.get('dtpm_fast', {}).get('bench_size', '?')}; machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}",
         "",
@@ -23,7 +24,7 @@ def table(path: str) -> str:
     for b in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
         rows = b["extra_info"].get("rows")
         st = b["stats"]
-        rate = lambda t: f"{rows / t:,.0f}" if rows else "-"
+        rate = lambda t, rows=rows: f"{rows / t:,.0f}" if rows else "-"
         lines.append(
             f"| {b['group']} | {b['name']} | {rows or '-'} | {st['min']:.4f} | {st['mean']:.4f} | "
             f"{rate(st['min'])} | {rate(st['mean'])} |"

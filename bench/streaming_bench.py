@@ -148,7 +148,10 @@ def run_all(args) -> None:
     models = fit_models(args.workdir, data["train"], args.indexes)
     out = os.path.join(args.workdir, "scores.parquet")
     results_path = os.path.join(args.workdir, "results.json")
-    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path) as handle:
+            results = json.load(handle)
     me = [sys.executable, os.path.abspath(__file__)]
 
     def record(key, value):
@@ -226,8 +229,10 @@ def run_all(args) -> None:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| run | rows | in-memory rows/s | `dtpm-fast score` rows/s (loop / incl. start-up) | "
-        "ratio (loop / in-memory) | peak RSS CLI | peak RSS in-memory |",
+        (
+            "| run | rows | in-memory rows/s | `dtpm-fast score` rows/s (loop / incl. start-up) | "
+            "ratio (loop / in-memory) | peak RSS CLI | peak RSS in-memory |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key in sorted(k.rsplit("/", 1)[0] for k in results if k.endswith("/cli")):
@@ -256,8 +261,10 @@ def markdown(results: dict) -> str:
     if "threads" in results:
         lines += [
             "",
-            "| index | Python threads (OpenMP 1 each; 'openmp' = 1 thread, OpenMP all cores) | rows/s | "
-            "identical to sequential |",
+            (
+                "| index | Python threads (OpenMP 1 each; 'openmp' = 1 thread, OpenMP all cores) | rows/s | "
+                "identical to sequential |"
+            ),
             "|---|---:|---:|---|",
         ]
         for index, by_count in results["threads"].items():

@@ -56,7 +56,7 @@ def test_bare_faiss_flat_search(benchmark, problem, bench_size):
     index = faiss.IndexFlatL2(d)
     index.add(train)
     benchmark.extra_info.update(rows=n, n_train=n, d=d, K=K, index="faiss IndexFlatL2 (search only)")
-    dist, ids = benchmark.pedantic(index.search, args=(queries, K), rounds=_rounds(bench_size))
+    _, ids = benchmark.pedantic(index.search, args=(queries, K), rounds=_rounds(bench_size))
     assert ids.shape == (n, K)
 
 

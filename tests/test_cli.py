@@ -418,11 +418,10 @@ def test_prefetch_preserves_order_and_reraises():
 
 
 def test_atomic_output_removes_the_temporary_file_on_error(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with streaming.atomic_output(tmp_path / "out.csv") as temporary:
-            with open(temporary, "w") as handle:
-                handle.write("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), streaming.atomic_output(tmp_path / "out.csv") as temporary:
+        with open(temporary, "w") as handle:
+            handle.write("half")
+        raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
 
 

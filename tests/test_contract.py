@@ -17,7 +17,7 @@ def _torch_factory(name, **params):
     return make
 
 
-TINY_NET = dict(hidden_sizes=(16, 16, 16), epochs=2, batch_size=32, random_state=0, device="cpu")
+TINY_NET = {"hidden_sizes": (16, 16, 16), "epochs": 2, "batch_size": 32, "random_state": 0, "device": "cpu"}
 FACTORIES = {
     "np-flat": lambda: DTPMNonParametric(index="flat"),
     "np-brute": lambda: DTPMNonParametric(index="brute"),

@@ -308,7 +308,7 @@ def test_resume_skips_finished_rows_and_redoes_missing_ones(data_dir, tmp_path, 
     capsys.readouterr()
     again = run(config)
     assert "2 to run, 2 already" in capsys.readouterr().err
-    key = lambda r: (r["dataset"], r["seed"])  # noqa: E731
+    key = lambda r: (r["dataset"], r["seed"])
     assert sorted(map(key, again)) == sorted(map(key, first))
     by_key = {key(r): r["auc_roc"] for r in first}
     assert all(by_key[key(r)] == r["auc_roc"] for r in again)  # deterministic model, same split
@@ -355,9 +355,14 @@ def test_n_neighbors_reaches_the_neighbour_models_and_is_enforced_on_resume(data
     from pyod.models.knn import KNN
 
     out = tmp_path / "out"
-    config = dict(
-        data_dir=data_dir, out_dir=out, models=["np", "knn"], seeds=[0], datasets=["42_WBC"], protocol="unsup"
-    )
+    config = {
+        "data_dir": data_dir,
+        "out_dir": out,
+        "models": ["np", "knn"],
+        "seeds": [0],
+        "datasets": ["42_WBC"],
+        "protocol": "unsup",
+    }
     rows = run(RunConfig(**config, n_neighbors=32))
     assert all(json.loads(r["budget"]) == {"n_neighbors": 32} for r in rows)
     # the same numbers straight from the models with K = 32 on the protocol's rows
@@ -389,7 +394,13 @@ def test_bad_configurations_name_the_problem(data_dir, tmp_path):
 def test_trained_model_budget_is_recorded_and_enforced_on_resume(data_dir, tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "out"
-    config = dict(data_dir=data_dir, out_dir=out, models=["categorical"], seeds=[0], datasets=["42_WBC"])
+    config = {
+        "data_dir": data_dir,
+        "out_dir": out,
+        "models": ["categorical"],
+        "seeds": [0],
+        "datasets": ["42_WBC"],
+    }
     rows = run(RunConfig(**config, epochs=1, device="cpu"))
     assert len(rows) == 1 and '"epochs": 1' in rows[0]["budget"]
     with pytest.raises(ValueError, match="made with"):

@@ -13,7 +13,7 @@ DATASETS = ["39_vertebral", "38_thyroid", "14_glass", "6_cardio"]
 def test_scores_match_authors(golden, name, index):
     X_train, X_test = golden[f"{name}/X_train"], golden[f"{name}/X_test"]
     # the stored rows are already standardised, as the authors fed them
-    common = dict(n_neighbors=5, T=300, index=index, standardize=False)
+    common = {"n_neighbors": 5, "T": 300, "index": index, "standardize": False}
     mean = DTPMNonParametric(score="mean", **common).fit(X_train).decision_function(X_test)
     assert np.abs(mean - golden[f"{name}/score_mean"]).max() <= 0.03
     mode = DTPMNonParametric(score="mode", **common).fit(X_train).decision_function(X_test)

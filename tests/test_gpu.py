@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib.util
 import pickle
 
-import dtpm_fast
 import numpy as np
 import pytest
+
+import dtpm_fast
 from dtpm_fast import DTPMNonParametric, _core, _device, _gpu
 from dtpm_fast.schedule import PosteriorGrid
 from oracles import knn_sqdist_oracle, neighbour_sqdist_oracle, posterior_oracle

@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-from oracles import neighbour_sqdist_oracle, posterior_oracle
 
 from dtpm_fast import _core
 from dtpm_fast.schedule import PosteriorGrid
+from oracles import neighbour_sqdist_oracle, posterior_oracle
 
 GRID = PosteriorGrid.for_steps(300)
 

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from oracles import knn_sqdist_oracle
 
 from dtpm_fast import DTPMNonParametric, _core
+from oracles import knn_sqdist_oracle
 
 
 def all_sqdist(Q, X):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracles import knn_sqdist_oracle, posterior_oracle
 from scipy import stats
 
 from dtpm_fast import DTPMNonParametric
 from dtpm_fast._validation import check_matrix
+from oracles import knn_sqdist_oracle, posterior_oracle
 
 
 @pytest.fixture

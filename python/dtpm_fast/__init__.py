@@ -22,7 +22,17 @@ _LAZY = {
     "load": "dtpm_fast.persistence",
 }
 
-__all__ = ["DTPMNonParametric", "NotFittedError", "build_info", "__version__", *_LAZY]
+# Plain strings so static tools can read it: the names in _LAZY are listed here too, keep the two in step.
+__all__ = [
+    "DDPMReconstruction",
+    "DTPMCategorical",
+    "DTPMInverseGamma",
+    "DTPMNonParametric",
+    "NotFittedError",
+    "__version__",
+    "build_info",
+    "load",
+]
 
 
 def __getattr__(name: str):

@@ -282,9 +282,12 @@ def run_score(args) -> int:
     if args.device is not None:
         _use_device(model, args.device)
     columns = args.columns
-    if columns is None and getattr(model, "feature_names_in_", None) is not None:
-        if streaming.file_format(args.input) != "npy":
-            columns = [str(name) for name in model.feature_names_in_]
+    if (
+        columns is None
+        and getattr(model, "feature_names_in_", None) is not None
+        and streaming.file_format(args.input) != "npy"
+    ):
+        columns = [str(name) for name in model.feature_names_in_]
     reader = streaming.open_reader(
         args.input,
         columns=columns,

@@ -95,7 +95,8 @@ def detector_class(kind: str, expected_kind: str | None = None):
 
     cls = getattr(importlib.import_module(KNOWN_KINDS[kind]), kind)
     if not (isinstance(cls, type) and issubclass(cls, BaseDetector)):  # pragma: no cover - registry error
-        raise ValueError(f"registered kind {kind!r} is not a detector class")
+        # ValueError, not TypeError: load() documents ValueError for any bad kind and does not catch here
+        raise ValueError(f"registered kind {kind!r} is not a detector class")  # noqa: TRY004
     return cls
 
 
@@ -304,9 +305,11 @@ def _read_manifest(archive: zipfile.ZipFile, path: str) -> dict:
         raise ValueError(f"{path!r}: the manifest is corrupted ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"{path!r} is not a dtpm_fast model file (manifest format is not {FORMAT_NAME!r})")
+    # The type checks below are about the file's content, not an argument's type: load() documents
+    # ValueError for a malformed file, so they stay ValueError (hence the TRY004 suppressions).
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{path!r}: the manifest has no valid format_version")
+        raise ValueError(f"{path!r}: the manifest has no valid format_version")  # noqa: TRY004
     if version > FORMAT_VERSION:
         raise ValueError(
             f"{path!r} uses model format version {version}, newer than this dtpm_fast supports "
@@ -316,7 +319,7 @@ def _read_manifest(archive: zipfile.ZipFile, path: str) -> dict:
         raise ValueError(f"{path!r}: unsupported model format version {version}")
     for key, kind in (("kind", str), ("meta", dict), ("arrays", dict), ("blobs", dict)):
         if not isinstance(manifest.get(key), kind):
-            raise ValueError(f"{path!r}: the manifest's {key!r} entry is missing or malformed")
+            raise ValueError(f"{path!r}: the manifest's {key!r} entry is missing or malformed")  # noqa: TRY004
     return manifest
 
 

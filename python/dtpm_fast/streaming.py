@@ -28,8 +28,9 @@ import os
 import queue
 import threading
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,6 +41,9 @@ try:  # optional: `pip install "dtpm-fast[io]"`; file_format works without it
     import pyarrow.parquet as pq
 except ImportError:  # pragma: no cover - exercised only without pyarrow
     pa = pc = pa_csv = pq = None
+
+if TYPE_CHECKING:  # typing only: typing.Self is Python >= 3.11, the package supports 3.10
+    from typing_extensions import Self
 
 __all__ = [
     "BadRowError",
@@ -603,7 +607,7 @@ class TableWriter:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> TableWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -689,7 +693,7 @@ def prefetch(batches, depth: int = 2):
                 if stop.is_set():
                     return
             slots.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             slots.put(exc)
 
     worker = threading.Thread(target=produce, name="dtpm_fast-prefetch", daemon=True)

@@ -9,8 +9,9 @@ imports them. To add a model, call :func:`register_model` (see the ``ddpm`` entr
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,7 @@ def run(config: RunConfig, progress: TextIO | None = None) -> list[dict[str, Any
         label = f"{dataset} {model} seed={seed}"
         try:
             result = evaluate_one(model, prepared[2], options)
-        except Exception as exc:  # one failing model must not stop a long run; it is reported
+        except Exception as exc:  # noqa: BLE001 - one failing model must not stop a long run; it is reported
             message = f"{label}: {type(exc).__name__}: {exc}"
             print(f"  FAILED {message}", file=progress, flush=True)
             with (config.out_dir / "errors.log").open("a") as fh:
