@@ -97,11 +97,20 @@ def test_duplicates_score_zero():
     assert (DTPMNonParametric(score="mode").fit(X_train).decision_function(X) == 0).all()
 
 
-def test_auto_index_by_dimension():
+def test_auto_index_by_dimension_and_size():
     rng = np.random.default_rng(4)
-    low = DTPMNonParametric().fit(rng.standard_normal((100, 5)))
-    high = DTPMNonParametric().fit(rng.standard_normal((100, 40)))
-    assert low.index_kind_ == "kdtree" and high.index_kind_ == "brute"
+    kinds = {
+        (n, d): DTPMNonParametric().fit(rng.standard_normal((n, d))).index_kind_
+        for n, d in [(100, 3), (5_000, 3), (5_000, 5), (60_000, 5), (60_000, 6), (100, 40)]
+    }
+    assert kinds == {
+        (100, 3): "brute",
+        (5_000, 3): "kdtree",
+        (5_000, 5): "brute",
+        (60_000, 5): "kdtree",
+        (60_000, 6): "brute",
+        (100, 40): "brute",
+    }
 
 
 def test_float32_c_contiguous_input_is_not_copied(data):

@@ -15,10 +15,13 @@ from dtpm_fast._validation import check_int
 
 INDEX_KINDS = ("auto", "flat", "brute", "kdtree", "hnsw", "ivf")
 
-# "auto": exact search always; a KD-tree wins at very low dimension, the native brute force
-# above it (3-30x faster than FAISS flat at every size measured; bench/README.md, "Choosing the
-# index", and bench/results/index_choice.md have the measurements).
-AUTO_KDTREE_MAX_DIM = 5
+# "auto": exact search always. A KD-tree's query cost grows like log(n_train) against the brute
+# force's n_train, so it wins only at very low dimension and from enough training rows: measured
+# (bench/results/index_choice.md, build + 10k queries) it is 1.4-2.8x faster at d = 3 from 10k
+# rows and about even at 1k, loses 1.9x at d = 5 with 10k rows but wins 1.2x at 100k, and loses
+# from d = 7 at every size up to 100k. Below these row counts (and above d = 5) the native brute
+# force (3-30x faster than FAISS flat at every size measured).
+AUTO_KDTREE_MIN_ROWS = {1: 4_000, 2: 4_000, 3: 4_000, 4: 15_000, 5: 50_000}
 
 _DEFAULTS = {
     "flat": {},
@@ -30,12 +33,13 @@ _DEFAULTS = {
 
 
 def resolve_kind(kind: str, n_train: int, n_features: int) -> str:
-    """The concrete index kind for ``kind`` ("auto" picks an exact index by dimension)."""
+    """The concrete index kind for ``kind`` ("auto" picks an exact index by dimension and size)."""
     if kind not in INDEX_KINDS:
         raise ValueError(f"index must be one of {INDEX_KINDS}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "kdtree" if n_features <= AUTO_KDTREE_MAX_DIM else "brute"
+    min_rows = AUTO_KDTREE_MIN_ROWS.get(n_features)
+    return "kdtree" if min_rows is not None and n_train >= min_rows else "brute"
 
 
 def resolve_params(kind: str, params: dict | None) -> dict:

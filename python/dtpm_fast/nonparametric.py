@@ -33,8 +33,9 @@ class DTPMNonParametric(BaseDetector):
     index : {"auto", "flat", "brute", "kdtree", "hnsw", "ivf"}, default "auto"
         Neighbour search. "brute" (dtpm_fast's native brute force), "flat" (FAISS) and "kdtree"
         (SciPy) are exact; "hnsw" and "ivf" are approximate FAISS indexes whose candidates are
-        re-ranked with exact distances; "auto" picks an exact index by dimension: the KD-tree
-        up to 5 features, the native brute force above.
+        re-ranked with exact distances; "auto" picks an exact index by dimension and size: the
+        KD-tree at d <= 3 from 4,000 training rows, d = 4 from 15,000, d = 5 from 50,000, else the
+        native brute force (``neighbours.AUTO_KDTREE_MIN_ROWS``).
     index_params : dict, optional
         hnsw: ``M``, ``ef_construction``, ``ef_search``, ``candidates`` (candidates per neighbour
         re-ranked); ivf: ``nlist``, ``nprobe``, ``candidates``; kdtree: ``leafsize``.
