@@ -94,9 +94,11 @@ MeanTable make_mean_table(const Grid& g, double c, double b_lo, double b_hi, int
   const int e_lo = std::max(std::ilogb(b_lo), grid_lo);
   const int e_hi = std::min(std::ilogb(b_hi), grid_hi) + 1;
   if (e_hi <= e_lo) return MeanTable{};
-  // Transitions between grid points sharpen as c grows: start with ~4c knots per octave and
-  // refine while the midpoint check fails and the evaluations stay affordable.
-  int bits = std::clamp(static_cast<int>(std::ceil(std::log2(4.0 * c))), 4, 12);
+  // Transitions between grid points sharpen as c grows; the cubic's error falls 16x per
+  // doubling of the knots. Measured at the midpoints (T = 300, 64 knots per octave): 9e-7 at
+  // c = 32, 5e-6 at c = 150, 7e-5 at c = 392. So start with 16 sqrt(c) knots per octave (64 at
+  // c = 16, 512 at c = 392) and refine while the check fails and evaluations stay affordable.
+  int bits = std::clamp(static_cast<int>(std::ceil(0.5 * std::log2(c))) + 4, 4, 12);
   for (; bits <= 14; ++bits) {
     const int64_t evaluations = 2 * (static_cast<int64_t>(e_hi - e_lo) << bits) + 1;
     if (evaluations > max_evaluations) break;
