@@ -383,6 +383,26 @@ def test_n_neighbors_reaches_the_neighbour_models_and_is_enforced_on_resume(data
         RunConfig(**config, n_neighbors=0)
 
 
+def test_unsup_without_n_neighbors_points_at_the_papers_k(data_dir, tmp_path, capsys):
+    argv = [
+        "evaluate",
+        "--data",
+        str(data_dir),
+        "--datasets",
+        "synthetic_blobs",
+        "--protocol",
+        "unsup",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "a"),
+    ]
+    assert cli.main(argv) == 0
+    assert "--n-neighbors 32" in capsys.readouterr().err
+    assert cli.main([*argv[:-1], str(tmp_path / "b"), "--n-neighbors", "32"]) == 0
+    assert "--n-neighbors 32" not in capsys.readouterr().err
+
+
 def test_bad_configurations_name_the_problem(data_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         RunConfig(data_dir=data_dir, out_dir=tmp_path, models=["np", "forest"])

@@ -97,6 +97,13 @@ def run_command(args: argparse.Namespace) -> int:
             n_neighbors=args.n_neighbors,
             command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
         )
+        neighbour_models = {"np", "np-mode", "knn"} & set(args.models)
+        if args.protocol == "unsup" and args.n_neighbors is None and neighbour_models:
+            print(
+                "note: the paper's unsupervised table was computed with 32 neighbours (PyOD's KNN with "
+                "K = 32 reproduces its KNN column exactly); add --n-neighbors 32 to compare like with like",
+                file=sys.stderr,
+            )
         run(config)
     for line in write_report(args.out, args.reference):
         print(line)
