@@ -1,12 +1,13 @@
 // Inverse-Gamma posterior over the diffusion time (ALGORITHM.md section 3), on host memory.
 //
 // Per row the log-density f_t = -c log(sigma2_t) - b / sigma2_t (c = d/2, b = D2/2) is
-// unimodal in t, so the grid argmax comes from a binary search over the T-1 points where
-// consecutive terms swap order, and the mean only sums the terms within kWindowBits (base-2
-// log) of the peak, walking outwards from it a chunk of grid points at a time; a call with many
-// rows instead interpolates a table of the mean as a function of b (posterior_table.cpp), checked
-// against the exact mean before use. Only the full posterior evaluates every grid point. This file holds the
-// checks, the grid and the threading; posterior_block.cpp the per-row work, compiled per instruction set.
+// unimodal in t, so the grid argmax is the number of the T-1 swap points (where consecutive
+// terms swap order) below the continuous mode b/c: a bucket lookup over the bits of b/c. The
+// mean sums the terms within kWindowBits (base-2 log) of the peak, walking outwards from it a
+// chunk of grid points at a time; a call with many rows instead interpolates a table of the
+// mean as a function of b (posterior_table.cpp), checked against the exact mean before use.
+// Only the full posterior evaluates every grid point. This file holds the checks, the grid and
+// the threading; posterior_block.cpp the per-row work, compiled per instruction set.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
