@@ -52,7 +52,7 @@ MeanTable try_table(const Grid& g, double c, int e_lo, int e_hi, int bits) {
   const int64_t intervals = static_cast<int64_t>(e_hi - e_lo) << bits;
   // Exact values at the knots (even slots) and interval midpoints (odd slots).
   std::vector<MeanAndSlope> exact(static_cast<size_t>(2 * intervals + 1));
-#pragma omp parallel for schedule(static) if (intervals > 64)
+#pragma omp parallel for schedule(static) if (intervals > 512)  // from ~1 ms of work
   for (int64_t s = 0; s < 2 * intervals + 1; ++s) {
     const double b =
         s % 2 == 0 ? knot(s / 2, e_lo, bits) : 0.5 * (knot(s / 2, e_lo, bits) + knot(s / 2 + 1, e_lo, bits));
