@@ -135,19 +135,27 @@ void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_featur
   int saw_nan = 0;
 
   // Many rows wanting the mean (not the full posterior): tabulate it over the rows' range of b.
+  // That pass leaves each row's b in its mean slot, so the scoring pass below reads it back
+  // instead of summing the distances again; the slot is overwritten with the mean.
   detail::MeanTable table;
   const int64_t max_evaluations = n / kRowsPerTableEvaluation;
-  if (mean && !posterior && max_evaluations > 0) {
+  const bool b_in_mean = mean && !posterior && max_evaluations > 0;
+  if (b_in_mean) {
     double b_lo = std::numeric_limits<double>::infinity(), b_hi = 0.0;
-#pragma omp parallel for schedule(static) reduction(min : b_lo) \
-    reduction(max : b_hi) if (n >= kParallelMinRows)
+#pragma omp parallel for schedule(static) reduction(min : b_lo) reduction(max : b_hi) \
+    reduction(| : saw_nan) if (n >= kParallelMinRows)
     for (int64_t i = 0; i < n; ++i) {
-      const double b = half_mean_sqdist(sqdist + i * k, k);
-      if (b > 0.0 && b < std::numeric_limits<double>::infinity()) {  // false for NaN, found below
+      double b = half_mean_sqdist(sqdist + i * k, k);
+      if (std::isnan(b)) {
+        saw_nan = 1;
+        b = 0.0;
+      } else if (b > 0.0 && b < std::numeric_limits<double>::infinity()) {
         b_lo = std::min(b_lo, b);
         b_hi = std::max(b_hi, b);
       }
+      mean[i] = b;
     }
+    if (saw_nan) throw std::invalid_argument("posterior_scores: a squared distance is NaN");
     table = detail::make_mean_table(grid, c, b_lo, b_hi, max_evaluations);
   }
   const detail::MeanTable* table_used = table.intervals > 0 ? &table : nullptr;
@@ -157,11 +165,15 @@ void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_featur
     const int64_t begin = blk * kRowsPerBlock;
     const int64_t rows = std::min(kRowsPerBlock, n - begin);
     double half_d2[kRowsPerBlock];
-    for (int64_t i = 0; i < rows; ++i) {
-      half_d2[i] = half_mean_sqdist(sqdist + (begin + i) * k, k);
-      if (std::isnan(half_d2[i])) {
-        saw_nan = 1;
-        half_d2[i] = 0.0;
+    if (b_in_mean) {
+      std::copy(mean + begin, mean + begin + rows, half_d2);
+    } else {
+      for (int64_t i = 0; i < rows; ++i) {
+        half_d2[i] = half_mean_sqdist(sqdist + (begin + i) * k, k);
+        if (std::isnan(half_d2[i])) {
+          saw_nan = 1;
+          half_d2[i] = 0.0;
+        }
       }
     }
     block_scores(half_d2, rows, c, grid, table_used, mode ? mode + begin : nullptr,
