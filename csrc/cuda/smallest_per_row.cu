@@ -25,6 +25,18 @@ constexpr int kEmpty = INT_MAX;  // column id of an unused slot; loses every com
 
 __device__ __forceinline__ bool better(float v, int j, float w, int i) { return v < w || (v == w && j < i); }
 
+/// Every lane of the warp ends with the warp's best (v, c) pair (butterfly reduction).
+__device__ __forceinline__ void warp_best(float& v, int& c) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
+    const int oc = __shfl_xor_sync(0xffffffffu, c, offset);
+    if (better(ov, oc, v, c)) {
+      v = ov;
+      c = oc;
+    }
+  }
+}
+
 template <int KT>
 __device__ __forceinline__ void consider(float v, int j, float (&val)[KT], int (&col)[KT]) {
   v = isnan(v) ? INFINITY : v;
@@ -82,14 +94,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int round = 0; round < k; ++round) {
       float v = val[0];
       int c = col[0];
-      for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
-        const int oc = __shfl_xor_sync(0xffffffffu, c, offset);
-        if (better(ov, oc, v, c)) {
-          v = ov;
-          c = oc;
-        }
-      }
+      warp_best(v, c);
       if (lane == 0) {
         warp_val[warp] = v;
         warp_col[warp] = c;
@@ -99,14 +104,7 @@ __global__ void __launch_bounds__(kThreads)
         const int n_warps = blockDim.x / kWarp;
         v = lane < n_warps ? warp_val[lane] : INFINITY;
         c = lane < n_warps ? warp_col[lane] : kEmpty;
-        for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-          const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
-          const int oc = __shfl_xor_sync(0xffffffffu, c, offset);
-          if (better(ov, oc, v, c)) {
-            v = ov;
-            c = oc;
-          }
-        }
+        warp_best(v, c);
         if (lane == 0) {
           out_values[r * out_ld + round] = c == kEmpty ? NAN : v;  // NaN: sorts after every real value
           out_ids[r * out_ld + round] = c == kEmpty ? -1 : id_offset + c;
