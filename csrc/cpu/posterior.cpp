@@ -29,7 +29,10 @@ namespace dtpm {
 namespace detail {
 
 Grid make_grid(const Schedule& s) {
-  Grid g{s.log_sigma2, s.inv_sigma2, s.T, {}, {}, {}, {}};
+  Grid g;
+  g.log_s2 = s.log_sigma2;
+  g.inv_s2 = s.inv_sigma2;
+  g.T = s.T;
   // Padding: log sigma2 = +inf gives a log-weight of -inf (weight 0) for every finite b.
   g.log2_s2_padded.assign(static_cast<size_t>(s.T + 2 * kChunk), std::numeric_limits<float>::infinity());
   g.inv2_s2_padded.assign(static_cast<size_t>(s.T + 2 * kChunk), 0.0f);

@@ -22,9 +22,9 @@ constexpr int kModeBucketBits = 8;
 
 /// The grid plus what every row reuses.
 struct Grid {
-  const double* log_s2;  ///< [T] log sigma2_t (host)
-  const double* inv_s2;  ///< [T] 1 / sigma2_t (host)
-  int64_t T;
+  const double* log_s2 = nullptr;  ///< [T] log sigma2_t (host)
+  const double* inv_s2 = nullptr;  ///< [T] 1 / sigma2_t (host)
+  int64_t T = 0;
   /// [T-1] boundary[t]: the sigma2* = b/c above which term t+1 outweighs term t (increasing).
   std::vector<double> boundary;
   /// Buckets over sigma2*, 2^kModeBucketBits per octave (by the bits of the double), each with
