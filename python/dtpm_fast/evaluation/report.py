@@ -319,7 +319,7 @@ def write_report(out_dir: str | Path, reference_dir: str | Path | None = None) -
         f"# AUC-ROC against the paper, {protocol} protocol",
         "",
         (
-            f"Seeds {seeds}. AUC-ROC in percent, mean (std over seeds, ddof=0). Paper values from "
+            f"Seeds {seeds}. AUC-ROC in percent, mean (sample std over seeds, ddof=1, as the paper). Paper values from "
             f"`{PAPER_FILES[protocol]}`; diff = ours - paper; **!** marks |diff| > max(2 x paper std, "
             f"{MIN_TOLERANCE:g}); † marks a group average in the paper (one class here)."
         ),
