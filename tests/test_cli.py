@@ -107,6 +107,18 @@ def test_fit_option_for_another_model_is_a_usage_error(files, tmp_path):
     assert not (tmp_path / "m.dtpm").exists()
 
 
+def test_fit_passes_the_categorical_loss_and_rejects_it_for_other_models(files, tmp_path):
+    pytest.importorskip("torch")
+    train = str(files["root"] / "train.parquet")
+    out = tmp_path / "c.dtpm"
+    options = ["--model", "categorical", "--loss", "double_softmax", "--epochs", "1", "--quiet"]
+    assert main(["fit", train, *options, "-o", str(out)]) == 0
+    assert dtpm_fast.load(out).loss == "double_softmax"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", train, "--model", "np", "--loss", "double_softmax", "-o", str(tmp_path / "n.dtpm")])
+    assert exit_info.value.code == 2
+
+
 # ---- score: formats and columns -------------------------------------------------------------------
 
 

@@ -200,11 +200,46 @@ def test_bad_input_raises_clear_errors(kind, fitted, data):
         ({"random_state": "seed"}, "random_state"),
         ({"num_bins": 1}, "num_bins"),
         ({"T": 5, "num_bins": 7}, "must not exceed T"),
+        ({"loss": "logits"}, "loss must be one of"),
     ],
 )
 def test_bad_parameters_are_rejected_at_fit(params, match, data):
     with pytest.raises(ValueError, match=match):
         DTPMCategorical(**{**FAST, "num_bins": 5, **params}).fit(data[0])
+
+
+def test_categorical_losses_match_their_definitions():
+    from dtpm_fast.parametric.training import categorical_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 7, generator=gen, dtype=torch.float64) * 3
+    t = torch.randint(0, 400, (50,), generator=gen)
+    bins = torch.clamp(t * 7 // 400, max=6)
+    # Oracle: -log of the target's probability, once (logits) or after a second softmax.
+    p = torch.softmax(logits, dim=1)
+    want_ce = -torch.log(p[torch.arange(50), bins]).mean()
+    q = torch.exp(p) / torch.exp(p).sum(dim=1, keepdim=True)
+    want_double = -torch.log(q[torch.arange(50), bins]).mean()
+    torch.testing.assert_close(categorical_loss(logits, t, 400, 7, "cross_entropy"), want_ce)
+    torch.testing.assert_close(categorical_loss(logits, t, 400, 7, "double_softmax"), want_double)
+
+
+def test_double_softmax_loss_trains_a_different_model_with_the_same_scorer(data, tmp_path):
+    X_train, X_test, _ = data
+    ce = DETECTORS["categorical"](random_state=2, epochs=3).fit(X_train)
+    ds = DETECTORS["categorical"](random_state=2, epochs=3, loss="double_softmax").fit(X_train)
+    # A second softmax of probabilities bounds the loss: log(K - 1 + e) - 1 <= loss <= log(K - 1 + e).
+    upper = np.log(5 - 1 + np.e)
+    assert ((ds.loss_history_ >= upper - 1 - 1e-6) & (ds.loss_history_ <= upper + 1e-6)).all()
+    assert not np.allclose(ce.loss_history_, ds.loss_history_)
+    assert not np.allclose(ce.decision_function(X_test), ds.decision_function(X_test))
+    np.testing.assert_allclose(ds.decision_function(X_test), ds.posterior(X_test) @ np.arange(5), rtol=1e-5)
+    ds.save(tmp_path / "ds.dtpm")
+    from dtpm_fast import load
+
+    back = load(tmp_path / "ds.dtpm")
+    assert back.loss == "double_softmax"
+    np.testing.assert_array_equal(back.decision_function(X_test), ds.decision_function(X_test))
 
 
 def test_inverse_gamma_needs_three_features():

@@ -30,6 +30,7 @@ _MODEL_OPTIONS = {
     "T": ("np", "categorical", "inverse-gamma"),
     "epochs": ("categorical", "inverse-gamma"),
     "lr": ("categorical", "inverse-gamma"),
+    "loss": ("categorical",),
     "random_state": ("categorical", "inverse-gamma"),
     "contamination": ("np", "categorical", "inverse-gamma"),
     "device": ("np", "categorical", "inverse-gamma"),
@@ -175,6 +176,11 @@ def _register_fit(subparsers) -> None:
     )
     fit.add_argument("--epochs", type=_positive_int, help="parametric: training epochs")
     fit.add_argument("--lr", type=float, help="parametric: learning rate")
+    fit.add_argument(
+        "--loss",
+        choices=("cross_entropy", "double_softmax"),
+        help="categorical: cross-entropy on the logits (default) or the authors' double softmax",
+    )
     fit.add_argument("--random-state", dest="random_state", type=int, metavar="SEED", help="parametric: seed")
     fit.add_argument(
         "--contamination", type=_contamination, help="expected outlier share; sets the threshold"

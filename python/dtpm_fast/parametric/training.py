@@ -23,9 +23,10 @@ from dtpm_fast.schedule import ve_sigma2
 
 #: Guards log(0) when the network predicts beta_hat = 0 (the authors' constant).
 IG_LOG_EPS = 1e-5
-#: "logits" is ours; "double_softmax" reproduces the authors' cross-entropy on softmax outputs
-#: and exists only for the comparison in bench/results/parametric_quality.md.
-CATEGORICAL_LOSSES = ("logits", "double_softmax")
+#: Losses of the categorical model: "cross_entropy" on the logits (the default), or
+#: "double_softmax", the authors' code: cross-entropy applied to softmax outputs, i.e. the
+#: logits go through two softmaxes (bench/results/parametric_quality.md compares them).
+CATEGORICAL_LOSSES = ("cross_entropy", "double_softmax")
 
 
 def time_bins(t: torch.Tensor, T: int, num_bins: int) -> torch.Tensor:
@@ -34,11 +35,11 @@ def time_bins(t: torch.Tensor, T: int, num_bins: int) -> torch.Tensor:
 
 
 def categorical_loss(
-    outputs: torch.Tensor, t: torch.Tensor, T: int, num_bins: int, variant: str
+    outputs: torch.Tensor, t: torch.Tensor, T: int, num_bins: int, loss: str
 ) -> torch.Tensor:
     """Mean cross-entropy of the binned diffusion time given the network outputs (n, num_bins)."""
     target = time_bins(t, T, num_bins)
-    if variant == "double_softmax":
+    if loss == "double_softmax":
         return F.cross_entropy(torch.softmax(outputs, dim=1), target)
     return F.cross_entropy(outputs, target)
 
@@ -73,7 +74,7 @@ def train_network(
     batch_size: int,
     lr: float,
     weight_decay: float,
-    categorical_variant: str = "logits",
+    categorical_loss_name: str = "cross_entropy",
     progress: bool | None = None,
 ) -> np.ndarray:
     """Train ``net`` in place on standardised rows and return the per-epoch mean loss.
@@ -87,7 +88,7 @@ def train_network(
     kind : {"categorical", "inverse_gamma"}
     T, num_bins, epochs, batch_size, lr, weight_decay
         The recipe (ALGORITHM.md section 4); the last partial batch is kept.
-    categorical_variant : {"logits", "double_softmax"}
+    categorical_loss_name : {"cross_entropy", "double_softmax"}
         See :data:`CATEGORICAL_LOSSES`.
     progress : bool, optional
         Show epoch / loss / rows per second on stderr; None = only on a terminal.
@@ -115,7 +116,7 @@ def train_network(
                 x_t = x0 + sigma[t].unsqueeze(1) * torch.randn_like(x0)
                 outputs = net(x_t)
                 if kind == "categorical":
-                    loss = categorical_loss(outputs, t, T, int(num_bins), categorical_variant)
+                    loss = categorical_loss(outputs, t, T, int(num_bins), categorical_loss_name)
                 else:
                     loss = inverse_gamma_loss(outputs, sigma2[t], shape_a)
                 optimizer.zero_grad(set_to_none=True)
