@@ -386,7 +386,8 @@ class DTPMInverseGamma(_ParametricDTPM):
     An MLP trained on normal rows predicts s, and beta_hat = s^2 is the scale of an
     inverse-Gamma distribution (shape a = d/2 - 1) over the noise variance of a noised row
     (trained by its negative log-likelihood). The score of a clean row is the posterior mode
-    of the variance, beta_hat / (a + 1); it ranks rows as the authors' s does. Needs d >= 3.
+    of the variance, beta_hat / (a + 1), which ranks rows as |s| (the authors' code returns the
+    signed s, which inverts the ranking when the network's output is negative). Needs d >= 3.
 
     Parameters
     ----------"""

@@ -94,7 +94,9 @@ class InverseGammaScorer(_Standardized):
     """Raw rows -> inverse-Gamma posterior mode of the noise variance, beta_hat / (a + 1), shape (n,).
 
     beta_hat = s^2 with s the network output; the shape a = d/2 - 1 is fixed. The mode ranks
-    rows exactly as the authors' score s = sqrt(beta_hat) does.
+    rows as |s|. (The authors' code returns the signed s, whose sign the loss never sees: when
+    the network happens to output s < 0 that ranking is inverted; see
+    bench/results/parametric_quality.md.)
     """
 
     def __init__(self, net: nn.Sequential, mean: np.ndarray, scale: np.ndarray, shape_a: float) -> None:
