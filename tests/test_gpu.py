@@ -74,6 +74,27 @@ def test_gpu_wrappers_reject_host_arrays():
         _gpu.neighbour_sqdist(np.ones((3, 5)), np.ones((4, 5)), np.zeros((3, 1), dtype=np.int64))
 
 
+def test_cuda_sources_and_bindings_keep_their_includes_apart():
+    """CUDA sources never include pybind11; the bindings never include CUDA headers (issue 4)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "csrc"
+
+    def includes(path):
+        return re.findall(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', path.read_text(), flags=re.MULTILINE)
+
+    cuda_sources = sorted((root / "cuda").glob("*.cu*")) + sorted((root / "cuda").glob("*.hpp"))
+    bindings = sorted((root / "bindings").glob("*.cpp"))
+    assert cuda_sources and bindings
+    for path in cuda_sources:
+        assert not [h for h in includes(path) if h.startswith("pybind11")], path
+    assert any(h.startswith("pybind11") for path in bindings for h in includes(path))  # the check sees them
+    for path in bindings:
+        cuda_headers = [h for h in includes(path) if h.startswith("cuda") or h.endswith(".cuh")]
+        assert not cuda_headers, f"{path} includes {cuda_headers}"
+
+
 # ---- device kernels against the host kernels -----------------------------------------------------
 @pytest.fixture(scope="module")
 def torch():
