@@ -23,8 +23,9 @@ if(NOT _dtpm_cuda_mode STREQUAL "OFF")
 endif()
 
 if(DTPM_BUILD_CUDA)
-  # Real code for Ampere (sm_80) and Hopper (sm_90) plus PTX for newer GPUs, unless the user chose.
-  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+  # Real code for Ampere (sm_80) and Hopper (sm_90) plus PTX for newer GPUs, unless the user chose
+  # (-DCMAKE_CUDA_ARCHITECTURES=..., or the CUDAARCHS environment variable that enable_language reads).
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS})
     set(CMAKE_CUDA_ARCHITECTURES 80-real 90-real 90-virtual)
   endif()
   enable_language(CUDA)

@@ -3,8 +3,9 @@
 // Agrees with csrc/cpu/posterior.cpp where it matters for the result: D2 is summed in double
 // in neighbour order; the mode counts the same boundaries (L[t+1] - L[t]) / (I[t] - I[t+1])
 // below b/c (here by binary search, on the host by a bucket lookup: identical counts); the mean
-// sums float weights of the terms within kWindowNats of the peak (the host's windowed sum does
-// the same; its large calls interpolate a table checked to 1e-5 against the exact mean); beyond
+// sums the float weights of the terms within kWindowNats of the peak in double (the host's
+// windowed sum does the same; its large calls interpolate a table checked to 1e-5 against the
+// exact mean); beyond
 // b_all_last all mass is at T-1 on both. Mode and mean use one thread per row; the full
 // posterior uses one warp per row so that its [n, T] writes are coalesced.
 #include <cuda_runtime.h>
@@ -22,7 +23,8 @@
 namespace dtpm::cuda {
 namespace {
 
-constexpr double kWindowNats = 30.0;  // same window as the host kernel
+// Terms more than this below the peak are dropped (weight < 1e-13; the host's window is 2^-33).
+constexpr double kWindowNats = 30.0;
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 // Grids up to this T keep log_sigma2, inv_sigma2 and the boundaries in shared memory (48 KiB).
@@ -121,17 +123,19 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t lo = partition_point(0, m, [&](int64_t t) { return g.log_density(t, c, b) < floor_f; });
     const int64_t hi =
         partition_point(m + 1, T, [&](int64_t t) { return g.log_density(t, c, b) >= floor_f; });
-    float sum_w = 0.0f, sum_tw = 0.0f;
+    // Float weights, double sums: a float running sum over thousands of terms (large T) drifts
+    // by ~1e-4 relative, twenty times the host's error.
+    double sum_w = 0.0, sum_tw = 0.0;
     for (int64_t t = lo; t < hi; ++t) {
-      const float w = __expf(static_cast<float>(g.log_density(t, c, b) - f_peak));
+      const double w = __expf(static_cast<float>(g.log_density(t, c, b) - f_peak));
       sum_w += w;
-      sum_tw += w * static_cast<float>(t);
+      sum_tw += w * static_cast<double>(t);
     }
-    mean[i] = static_cast<double>(sum_tw) / static_cast<double>(sum_w);
+    mean[i] = sum_tw / sum_w;
   }
 }
 
-__device__ float warp_sum(float v) {
+__device__ double warp_sum(double v) {
   for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
@@ -161,21 +165,21 @@ __global__ void __launch_bounds__(kThreads)
     }
     const int64_t m = grid_mode(g, b, c);
     const double f_peak = g.log_density(m, c, b);
-    float sum_w = 0.0f, sum_tw = 0.0f;
+    double sum_w = 0.0, sum_tw = 0.0;
     for (int64_t t = lane; t < T; t += kWarp) {
-      const float w = __expf(static_cast<float>(g.log_density(t, c, b) - f_peak));
+      const double w = __expf(static_cast<float>(g.log_density(t, c, b) - f_peak));
       sum_w += w;
-      sum_tw += w * static_cast<float>(t);
+      sum_tw += w * static_cast<double>(t);
     }
     sum_w = warp_sum(sum_w);
     sum_tw = warp_sum(sum_tw);
-    const double inv = 1.0 / static_cast<double>(sum_w);
+    const double inv = 1.0 / sum_w;
     // Recomputing the weights is cheaper than staging T values per warp in shared memory.
     for (int64_t t = lane; t < T; t += kWarp)
       row[t] = static_cast<double>(__expf(static_cast<float>(g.log_density(t, c, b) - f_peak))) * inv;
     if (lane == 0) {
       if (mode) mode[i] = static_cast<int32_t>(m);
-      if (mean) mean[i] = static_cast<double>(sum_tw) / static_cast<double>(sum_w);
+      if (mean) mean[i] = sum_tw / sum_w;
     }
   }
 }
