@@ -42,6 +42,9 @@ def _torch():
 
 def is_device_array(x) -> bool:
     """True for CUDA arrays (torch CUDA tensors, CuPy arrays, anything with __cuda_array_interface__)."""
+    if type(x).__module__.split(".")[0] == "torch":
+        # A tensor that requires grad raises RuntimeError from __cuda_array_interface__.
+        return bool(getattr(x, "is_cuda", False))
     return hasattr(x, "__cuda_array_interface__")
 
 
@@ -56,7 +59,7 @@ def as_tensor(x):
     """A torch view of a device array (no copy) or the tensor itself."""
     torch = _torch()
     if isinstance(x, torch.Tensor):
-        return x
+        return x.detach()  # scores need no autograd graph; a view, no copy
     if hasattr(x, "__dlpack__"):
         return torch.from_dlpack(x)
     return torch.as_tensor(x, device="cuda")  # __cuda_array_interface__: zero-copy
@@ -88,7 +91,8 @@ def caller_stream(x):
 
         torch = _torch()
         device = as_tensor(x).device
-        ptr = cupy.cuda.get_current_stream().ptr
+        with cupy.cuda.Device(device.index):  # CuPy's current stream is per device
+            ptr = cupy.cuda.get_current_stream().ptr
         # ptr 0 is CuPy's default (legacy null) stream, which is torch's default stream too
         stream = torch.cuda.ExternalStream(ptr, device=device) if ptr else torch.cuda.default_stream(device)
         with torch.cuda.stream(stream):
@@ -303,9 +307,16 @@ def smallest_per_row(
     torch = _torch()
     v = _require(as_tensor(values), "values", (torch.float32,), 2)
     rows, cols = v.shape
+    if (out_values is None) != (out_ids is None):
+        raise ValueError("pass both out_values and out_ids, or neither")
     if out_values is None:
         out_values = torch.empty((rows, k), dtype=torch.float32, device=v.device)
         out_ids = torch.empty((rows, k), dtype=torch.int64, device=v.device)
+    for buf, name, dtype in ((out_values, "out_values", torch.float32), (out_ids, "out_ids", torch.int64)):
+        if not isinstance(buf, torch.Tensor) or buf.device != v.device or buf.dtype != dtype:
+            raise ValueError(f"{name} must be a {dtype} tensor on {v.device}")
+        if tuple(buf.shape) != (rows, k):
+            raise ValueError(f"{name} must have shape {(rows, k)}, got {tuple(buf.shape)}")
     if out_values.stride(1) != 1 or out_ids.stride(1) != 1 or out_values.stride(0) != out_ids.stride(0):
         raise ValueError("out_values and out_ids must share a row stride and have unit column stride")
     if rows > 0:
@@ -351,6 +362,67 @@ def _drop_self(ids, first_row: int):
     return ids[~is_self].view(ids.shape[0], ids.shape[1] - 1)
 
 
+def search_working_bytes(rows: int, cols: int, n_train: int, n_cand: int, n_features: int = 0) -> int:
+    """Device bytes one chunk of ``BruteForceSearch.search`` holds at once (an upper bound).
+
+    Per query row: the float32 score block (``cols`` columns), the candidate values and ids of
+    every column chunk (``min(n_cand, cols)`` slots each, 4 + 8 bytes), the merge / re-rank /
+    sort temporaries of ``n_cand`` candidates (48 bytes each, generous) and the augmented query.
+    """
+    n_chunks = -(-n_train // cols)
+    slots = n_chunks * min(n_cand, cols)
+    width = (n_features + 1 + 3) // 4 * 4
+    return rows * (4 * cols + 12 * slots + 48 * n_cand + 4 * width)
+
+
+def search_chunks(n_queries: int, n_train: int, n_cand: int, memory_budget: int, n_features: int = 0):
+    """(query rows, training columns) per chunk so that ``search_working_bytes`` fits the budget.
+
+    Keeps the whole training set in one block when at least ``_MIN_QUERY_ROWS`` query rows (or
+    all of them) then fit; otherwise halves the column chunk until they do, or takes the chunk
+    that is cheapest per row. Never below one row (a budget too small for one row is exceeded,
+    by the least possible, rather than refused).
+    """
+    target = max(1, min(n_queries, _MIN_QUERY_ROWS))
+    cheapest = None  # (bytes per query row, cols)
+    cols = n_train
+    while True:
+        per_row = search_working_bytes(1, cols, n_train, n_cand, n_features)
+        if memory_budget // per_row >= target:
+            return min(n_queries, memory_budget // per_row), cols
+        if cheapest is None or per_row < cheapest[0]:
+            cheapest = (per_row, cols)
+        if cols == 1:
+            per_row, cols = cheapest
+            return max(1, min(n_queries, memory_budget // per_row)), cols
+        cols = (cols + 1) // 2
+
+
+@contextlib.contextmanager
+def full_fp32_matmul():
+    """Plain float32 matrix products (no TF32) inside the block, the caller's setting restored after.
+
+    A user who enabled TF32 (``torch.set_float32_matmul_precision("high")``) would otherwise get
+    candidate scores ~1e-3 coarse and an "exact" search that can miss neighbours. Uses the
+    ``fp32_precision`` API where torch has it (mixing it with ``allow_tf32`` makes torch raise).
+    The flag is process-wide: other threads' matmuls run in full precision meanwhile.
+    """
+    matmul = _torch().backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        name, strict = "fp32_precision", "ieee"
+    else:  # torch < 2.9
+        name, strict = "allow_tf32", False
+    previous = getattr(matmul, name)
+    if previous == strict:
+        yield
+        return
+    setattr(matmul, name, strict)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, previous)
+
+
 class BruteForceSearch:
     """Exact k-NN on the GPU with torch: chunked matrix products, row selection, exact re-ranking.
 
@@ -358,14 +430,14 @@ class BruteForceSearch:
     against ``[q, 1, 0...]`` gives ``||x||^2 - 2 q.x`` (the query norm does not change the
     ranking). Each block of scores is written once and read once by ``smallest_per_row``; the
     candidates (k plus a margin) are then re-ranked with exact explicit-difference distances.
-    TF32 matrix products (``torch.backends.cuda.matmul.allow_tf32``) make the candidate scores
-    coarser; the margin absorbs most of it, but keep TF32 off for exact results.
+    The products run in full float32 whatever the caller's TF32 setting (``full_fp32_matmul``).
 
     Parameters
     ----------
     train : torch.Tensor of shape (n_train, d), float32, CUDA
     memory_budget : int
-        Bytes for one block of float32 scores (rows x training rows); bounds the working memory.
+        Bytes of working memory for one chunk: score block plus candidate buffers
+        (``search_working_bytes``); the (n, k) results come on top.
     """
 
     def __init__(self, train, memory_budget: int = DEFAULT_MEMORY_BUDGET):
@@ -381,13 +453,6 @@ class BruteForceSearch:
         self.memory_budget = int(memory_budget)
         if self.memory_budget < 4 * 1024:
             raise ValueError(f"memory_budget must be at least 4096 bytes, got {memory_budget}")
-
-    def _chunks(self, n_queries: int) -> tuple[int, int]:
-        n_train = self.train.shape[0]
-        cells = self.memory_budget // 4
-        cols = min(n_train, max(1, cells // _MIN_QUERY_ROWS))
-        rows = max(1, min(n_queries, cells // cols))
-        return rows, cols
 
     def search(self, Q, k: int, leave_one_out_from: int | None = None):
         """Exact k nearest training rows of each query.
@@ -412,8 +477,13 @@ class BruteForceSearch:
             raise ValueError(f"k={k} neighbours requested but only {available} training rows are available")
         n_cand = _n_candidates(k, available)
         use_kernel = n_cand <= _cuda.smallest_per_row_max_k()
-        rows, cols = self._chunks(n)
-        n_col_chunks = math.ceil(n_train / cols)
+        rows, cols = search_chunks(n, n_train, n_cand, self.memory_budget, d)
+        # Column chunks and their candidate slots: min(n_cand, chunk width) each.
+        chunks, n_slots = [], 0
+        for c0 in range(0, n_train, cols):
+            c1 = min(n_train, c0 + cols)
+            chunks.append((c0, c1, n_slots, min(n_cand, c1 - c0)))
+            n_slots += chunks[-1][3]
         out_sq = torch.empty((n, k), dtype=torch.float32, device=Q.device)
         out_ids = torch.empty((n, k), dtype=torch.int64, device=Q.device)
         q_aug = torch.zeros((min(rows, n), self._width), dtype=torch.float32, device=Q.device)
@@ -422,19 +492,19 @@ class BruteForceSearch:
             qa = q_aug[: r1 - r0]
             qa[:, :d] = Q[r0:r1]
             qa[:, d] = 1.0
-            cand_val = torch.empty((r1 - r0, n_col_chunks * n_cand), dtype=torch.float32, device=Q.device)
+            cand_val = torch.empty((r1 - r0, n_slots), dtype=torch.float32, device=Q.device)
             cand_ids = torch.empty_like(cand_val, dtype=torch.int64)
-            for c, c0 in enumerate(range(0, n_train, cols)):
-                c1 = min(n_train, c0 + cols)
-                scores = qa @ self._train_aug[c0:c1].T
+            for c0, c1, first_slot, slots in chunks:
+                with full_fp32_matmul():
+                    scores = qa @ self._train_aug[c0:c1].T
                 diag = None if leave_one_out_from is None else leave_one_out_from + r0 - c0
-                slot = slice(c * n_cand, (c + 1) * n_cand)
+                where = slice(first_slot, first_slot + slots)
                 if use_kernel:
-                    smallest_per_row(scores, n_cand, c0, diag, cand_val[:, slot], cand_ids[:, slot])
+                    smallest_per_row(scores, slots, c0, diag, cand_val[:, where], cand_ids[:, where])
                 else:
-                    self._topk_fallback(scores, n_cand, c0, diag, cand_val[:, slot], cand_ids[:, slot])
-                del scores  # free this block before the next one is allocated: peak = one budget
-            if n_col_chunks > 1:  # NaN marks empty slots and sorts last
+                    self._topk_fallback(scores, slots, c0, diag, cand_val[:, where], cand_ids[:, where])
+                del scores  # free this block before the next one is allocated
+            if len(chunks) > 1:  # NaN marks empty slots and sorts last
                 _, pos = torch.topk(cand_val, n_cand, dim=1, largest=False, sorted=True)
                 cand_ids = cand_ids.gather(1, pos)
             cand_ids = cand_ids.contiguous()
@@ -542,6 +612,28 @@ class FaissGpuSearch:
 SEARCH_KINDS = ("auto", "torch", "faiss")
 
 
+def choose_search(search: str, n_neighbors: int, faiss_available: bool) -> str:
+    """The neighbour search a GPU engine uses: "faiss" or "torch".
+
+    "auto" takes FAISS when it has GPU support and the query fits its k limit (``n_neighbors``
+    plus the row itself when the training set is scored), else the torch brute force, which has
+    no such limit. "faiss" insists and raises ValueError when it cannot be used.
+    """
+    if search not in SEARCH_KINDS:
+        raise ValueError(f"search must be one of {SEARCH_KINDS}, got {search!r}")
+    fits = n_neighbors + 1 <= FAISS_GPU_MAX_K
+    if search == "faiss":
+        if not faiss_available:
+            raise ValueError("search='faiss' needs faiss with GPU support (faiss-gpu); use search='torch'")
+        if not fits:
+            raise ValueError(
+                f"FAISS GPU search supports at most k={FAISS_GPU_MAX_K} neighbours including the row "
+                f"itself (n_neighbors={n_neighbors}); use search='torch' or 'auto'"
+            )
+        return "faiss"
+    return "faiss" if search == "auto" and faiss_available and fits else "torch"
+
+
 class NonParametricEngine:
     """The fitted state of ``DTPMNonParametric`` on one GPU, and its scoring.
 
@@ -561,7 +653,8 @@ class NonParametricEngine:
     n_neighbors : int
     device : str or torch.device, default "cuda"
     search : {"auto", "torch", "faiss"}
-        "auto" uses FAISS GPU when available, else the torch brute force.
+        See ``choose_search``: "auto" uses FAISS GPU when available and k fits its limit, else the
+        torch brute force.
     batch_size : int
         Query rows standardised, searched and scored at a time.
     memory_budget : int, optional
@@ -588,8 +681,7 @@ class NonParametricEngine:
         faiss_params: dict | None = None,
     ):
         torch = _torch()
-        if search not in SEARCH_KINDS:
-            raise ValueError(f"search must be one of {SEARCH_KINDS}, got {search!r}")
+        choose_search(search, n_neighbors, faiss_available=True)  # reject bad values before any work
         dev = torch.device(device)
         if dev.type != "cuda":
             raise ValueError(f"device must be a CUDA device, got {device!r}")
@@ -603,12 +695,9 @@ class NonParametricEngine:
         self._mean = torch.from_numpy(np.asarray(scaler_mean, dtype=np.float64)).to(self.device)
         self._scale = torch.from_numpy(np.asarray(scaler_scale, dtype=np.float64)).to(self.device)
         self.log_sigma2, self.inv_sigma2 = device_grid(log_sigma2, inv_sigma2, self.device)
+        self._home_stream = torch.cuda.current_stream(self.device)
         self.T = int(self.log_sigma2.shape[0])
-        if search == "faiss" and not faiss_gpu_available():
-            raise ValueError("search='faiss' needs faiss with GPU support (faiss-gpu); use search='torch'")
-        self.search_kind = (
-            "faiss" if search == "faiss" or (search == "auto" and faiss_gpu_available()) else "torch"
-        )
+        self.search_kind = choose_search(search, self.n_neighbors, faiss_gpu_available())
         if self.search_kind == "faiss":
             params = faiss_params or {}
             self._search = FaissGpuSearch(
@@ -675,16 +764,20 @@ class NonParametricEngine:
     def score_rows(
         self, X, want_mode=True, want_mean=True, want_posterior=False, standardized=False, leave_one_out=False
     ):
-        """Mode int32 (n,), mean float64 (n,), posterior float64 (n, T) tensors on the device (or None).
+        """Mode int32 (n,), mean float64 (n,), posterior float64 (n, T) tensors (or None).
 
-        ``X`` is a checked float32 host array (C-contiguous) or a tensor from ``_as_device_matrix``.
+        ``X`` is a checked float32 host array (C-contiguous; results on the host) or a tensor from
+        ``_as_device_matrix`` (results on the device).
         ``leave_one_out`` means X is the training set itself, row i excluded from its own neighbours.
         """
         torch = _torch()
         n = X.shape[0]
-        mode = torch.empty(n, dtype=torch.int32, device=self.device) if want_mode else None
-        mean = torch.empty(n, dtype=torch.float64, device=self.device) if want_mean else None
-        post = torch.empty((n, self.T), dtype=torch.float64, device=self.device) if want_posterior else None
+        # Host queries get host results, copied batch by batch: device memory stays bounded by
+        # batch_size even for the (n, T) posterior.
+        where = self.device if is_device_array(X) else torch.device("cpu")
+        mode = torch.empty(n, dtype=torch.int32, device=where) if want_mode else None
+        mean = torch.empty(n, dtype=torch.float64, device=where) if want_mean else None
+        post = torch.empty((n, self.T), dtype=torch.float64, device=where) if want_posterior else None
         for start, stop, Q in self._batches(X, standardized):
             sq, _ = self._search.search(Q, self.n_neighbors, start if leave_one_out else None)
             m, mu, p = posterior_tensors(
@@ -712,7 +805,25 @@ class NonParametricEngine:
         kind = array_kind(X)
         with caller_stream(X):
             checked = self._as_device_matrix(X) if kind != "numpy" else X
-            return to_kind(fn(checked), kind)
+            result = to_kind(fn(checked), kind)
+            self._used_on_current_stream()
+            return result
+
+    def _used_on_current_stream(self) -> None:
+        """Tell torch's allocator that the caller's stream read the fitted tensors.
+
+        They were allocated on the stream current at fit time; without this, freeing them (a
+        refit, or dropping the detector) while work queued on another stream still reads them
+        would let the allocator hand their memory to new allocations on the fit-time stream.
+        """
+        torch = _torch()
+        stream = torch.cuda.current_stream(self.device)
+        if stream == self._home_stream:
+            return
+        for t in (self.train, self._mean, self._scale, self.log_sigma2, self.inv_sigma2):
+            t.record_stream(stream)
+        if isinstance(self._search, BruteForceSearch):
+            self._search._train_aug.record_stream(stream)
 
     def decision_function(self, X, score: str = "mean"):
         """Scores float64 (n,): posterior mean or mode of t; NumPy for NumPy input, else device."""
@@ -732,7 +843,8 @@ class NonParametricEngine:
         torch = _torch()
 
         def run(x):
-            out = torch.empty((x.shape[0], self.n_features), dtype=torch.float32, device=self.device)
+            where = self.device if is_device_array(x) else torch.device("cpu")  # as in score_rows
+            out = torch.empty((x.shape[0], self.n_features), dtype=torch.float32, device=where)
             for start, stop, Q in self._batches(x, standardized=False):
                 _, ids = self._search.search(Q, self.n_neighbors)
                 out[start:stop] = sqdist_tensors(Q, self.train, ids, want_contribution=True, check=False)[1]

@@ -37,7 +37,9 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
     """
     if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith("torch"):
         raise ValueError(
-            f"{name} is a device or torch array; pass a NumPy array here (or use device='cuda')."
+            f"{name} is a {type(X).__module__.split('.')[0]} array this call cannot take: pass a NumPy "
+            "array (a CPU torch tensor: X.numpy()); only a detector with device='cuda' takes CUDA "
+            "tensors and CuPy arrays."
         )
     try:
         arr = np.asarray(X)

@@ -45,9 +45,11 @@ class DTPMNonParametric(BaseDetector):
         Expected outlier share; sets ``threshold_`` by the training-score percentile.
     device : {"auto", "cpu", "cuda"}, default "auto"
         Where scoring runs; "cuda" without a usable GPU raises ValueError. On the GPU the search
-        is exact whatever ``index`` says (FAISS GPU when installed, else a torch brute force),
-        device arrays (torch, CuPy) are scored without leaving the device, and the fitted state
-        is kept on the host too, so the detector saves and loads like a CPU one.
+        is exact (FAISS GPU brute force when faiss-gpu is installed and K fits its limit of 2048,
+        else a torch brute force) except with ``index="ivf"`` and faiss-gpu, which uses FAISS's
+        GPU IVF (approximate candidates, exact re-ranking); device arrays (torch, CuPy) are
+        scored without leaving the device, and the fitted state is kept on the host too, so
+        the detector saves and loads like a CPU one.
     batch_size : int, default 65536
         Query rows searched and scored at a time; bounds the working memory.
 
