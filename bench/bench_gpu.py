@@ -97,7 +97,7 @@ def bench_posterior(rows: list, n: int, d: int, gen) -> None:
 
 def bench_search_parts(rows: list, n_train: int, d: int, gen) -> None:
     train = torch.randn((n_train, d), device="cuda", generator=gen)
-    search = _gpu.BruteForceSearch(train, memory_budget=8 << 30)
+    search = _gpu.BruteForceSearch(train)  # the default budget
     q_rows = 2048
     qa = torch.zeros((q_rows, search._width), device="cuda")
     qa[:, :d] = torch.randn((q_rows, d), device="cuda", generator=gen)
@@ -177,8 +177,7 @@ def bench_end_to_end(rows: list, n_train: int, n_query: int, d: int, gen, with_d
         K,
         search="torch",
         batch_size=n_query,
-        memory_budget=8 << 30,
-    )
+    )  # default memory budget: min(8 GiB, a quarter of the free memory)
     # warm-up on a slice (cuBLAS heuristics, kernel loading), then the timed phases
     engine._search.search(queries[:4096].contiguous(), K)
     torch.cuda.synchronize()

@@ -21,7 +21,10 @@ import math
 import numpy as np
 
 FAISS_GPU_MAX_K = 2048  # FAISS's GPU k-selection limit (k and nprobe)
-DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of score matrix per search chunk
+# Working memory of one brute-force search chunk (search_working_bytes). 8 GiB keeps ~2,000 query
+# rows per chunk against 1M training rows, enough blocks to fill a large GPU; the engine takes
+# at most a quarter of the free memory.
+DEFAULT_MEMORY_BUDGET = 8 << 30
 _MIN_QUERY_ROWS = 256  # query rows per chunk we try to keep when the training set is chunked
 _CANDIDATE_MARGIN = 11  # extra candidates re-ranked exactly: K = 5 -> 16, one kernel instance
 
@@ -658,7 +661,7 @@ class NonParametricEngine:
     batch_size : int
         Query rows standardised, searched and scored at a time.
     memory_budget : int, optional
-        Bytes of one block of search scores (default 2 GiB, at most a quarter of free memory).
+        Working memory of one search chunk (default 8 GiB, at most a quarter of free memory).
     faiss_index : {"flat", "ivf"}, default "flat"
         The FAISS GPU index when FAISS is used ("ivf" is approximate, its candidates re-ranked).
     faiss_params : dict, optional
