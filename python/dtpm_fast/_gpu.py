@@ -516,6 +516,9 @@ class BruteForceSearch:
             exact_sorted, pos = torch.sort(exact, dim=1, stable=True)
             out_sq[r0:r1] = exact_sorted[:, :k]
             out_ids[r0:r1] = cand_ids.gather(1, pos[:, :k])
+            # Free this chunk's buffers before the next chunk allocates its own: the budget
+            # (search_working_bytes) counts one chunk's buffers, not two.
+            del cand_val, cand_ids, exact, exact_sorted, pos
         return out_sq, out_ids
 
     @staticmethod
