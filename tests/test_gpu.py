@@ -95,6 +95,66 @@ def test_cuda_sources_and_bindings_keep_their_includes_apart():
         assert not cuda_headers, f"{path} includes {cuda_headers}"
 
 
+# ---- search choice and chunk sizes: pure Python, run everywhere ---------------------------------
+def test_choose_search_takes_faiss_only_within_its_k_limit():
+    assert _gpu.FAISS_GPU_MAX_K == 2048
+    largest = _gpu.FAISS_GPU_MAX_K - 1  # n_neighbors + 1 (the row itself, when scoring the training set)
+    assert _gpu.choose_search("auto", 5, True) == "faiss"
+    assert _gpu.choose_search("auto", largest, True) == "faiss"
+    assert _gpu.choose_search("auto", largest + 1, True) == "torch"  # A2: FAISS would refuse this k
+    assert _gpu.choose_search("auto", 5, False) == "torch"
+    assert _gpu.choose_search("torch", 5, True) == "torch"
+    assert _gpu.choose_search("torch", 10_000, False) == "torch"
+    assert _gpu.choose_search("faiss", largest, True) == "faiss"
+    with pytest.raises(ValueError, match="(?i)faiss"):
+        _gpu.choose_search("faiss", 5, False)
+    with pytest.raises(ValueError, match="2048"):
+        _gpu.choose_search("faiss", largest + 1, True)
+    for unknown in ("FAISS", "brute", ""):
+        with pytest.raises(ValueError, match="search"):
+            _gpu.choose_search(unknown, 5, True)
+
+
+def _column_probes(n_train: int) -> list[int]:
+    """Chunk widths from 1 to n_train, about four per factor of two."""
+    widths = {1, n_train}
+    width = 1.0
+    while width < n_train:
+        widths.add(int(width))
+        width *= 2**0.25
+    return sorted(widths)
+
+
+def test_search_chunks_keep_the_working_memory_within_the_budget():
+    """(rows, cols) from ``search_chunks`` never hold more than the budget, and use most of it.
+
+    The bound is owed whenever one query row against one training column fits; "most" (at least
+    half) is owed when the whole search needs at least twice the budget and the leanest chunk
+    width leaves room for four query rows.
+    """
+    work = _gpu.search_working_bytes
+    budgets = [64 << 10, 1 << 20, 8 << 20, 64 << 20, 512 << 20, 2 << 30, 8 << 30]
+    checked = filled = 0
+    for n_train in (1, 2, 97, 1000, 65_537, 1_000_000, 5_000_000):
+        for n_cand in sorted({min(c, n_train) for c in (16, 64, 65, 257, 4096)}):
+            smallest = work(1, 1, n_train, n_cand)
+            leanest_row = min(work(1, cols, n_train, n_cand) for cols in _column_probes(n_train))
+            for n_queries in (1, 255, 256, 4097, 100_000, 2_000_000):
+                everything = work(n_queries, n_train, n_train, n_cand)
+                for budget in budgets:
+                    rows, cols = _gpu.search_chunks(n_queries, n_train, n_cand, budget)
+                    case = f"{n_queries=} {n_train=} {n_cand=} {budget=}: {rows=} {cols=}"
+                    assert 1 <= rows <= n_queries and 1 <= cols <= n_train, case
+                    used = work(rows, cols, n_train, n_cand)
+                    if budget >= smallest:
+                        assert used <= budget, f"{case}: {used} bytes"
+                        checked += 1
+                    if everything >= 2 * budget and budget >= 4 * leanest_row:
+                        assert used >= budget // 2, f"{case}: only {used} bytes used"
+                        filled += 1
+    assert checked > 500 and filled > 200  # the conditions above leave plenty of cases to check
+
+
 # ---- device kernels against the host kernels -----------------------------------------------------
 @pytest.fixture(scope="module")
 def torch():
@@ -162,6 +222,41 @@ def test_posterior_kernel_grid_sizes_in_and_beyond_shared_memory(torch, T):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_posterior_kernel_matches_host_on_a_million_rows(torch, dtype):
+    """More rows than the GPU keeps resident (~270k threads on an H200): the grid-stride loop repeats."""
+    rng = np.random.default_rng(1_000_003)
+    sq = _random_sqdist(rng, 1_000_003, 5, 16, dtype)
+    grid = PosteriorGrid.for_steps(300)
+    want_mode, want_mean, _ = _core.posterior(sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, False)
+    mode, mean, _ = _gpu.posterior(torch.from_numpy(sq).cuda(), 16, grid.log_sigma2, grid.inv_sigma2)
+    _assert_modes_agree(mode.cpu().numpy(), want_mode)
+    np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+def test_full_posterior_beyond_shared_memory_matches_host(torch):
+    """T = 3000 keeps the grid in global memory; 20k rows are more than the resident warps (one per row)."""
+    rng = np.random.default_rng(3000)
+    sq = _random_sqdist(rng, 20_011, 5, 16, np.float32)
+    grid = PosteriorGrid.for_steps(3000)
+    want_mode, want_mean, want_post = _core.posterior(
+        sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, True
+    )
+    mode, mean, post = _gpu.posterior(
+        torch.from_numpy(sq).cuda(), 16, grid.log_sigma2, grid.inv_sigma2, True, True, True
+    )
+    _assert_modes_agree(mode.cpu().numpy(), want_mode)
+    np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
+    post = post.cpu().numpy()
+    np.testing.assert_allclose(post, want_post, atol=1e-6)
+    np.testing.assert_allclose(post.sum(axis=1), 1.0, rtol=1e-9)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
 def test_posterior_kernel_edge_cases(torch):
     grid = PosteriorGrid.for_steps(300)
@@ -206,6 +301,27 @@ def test_neighbour_sqdist_kernel_matches_host(torch, dtype, d, n, k):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+@pytest.mark.parametrize("d", [5, 64])  # 4 and 32 lanes per query: ~67k and ~8k queries resident
+def test_neighbour_sqdist_kernel_matches_host_on_300k_queries(torch, d):
+    rng = np.random.default_rng(300_000 + d)
+    n, k = 300_007, 16
+    train = rng.standard_normal((1000, d)).astype(np.float32)
+    queries = rng.standard_normal((n, d)).astype(np.float32)
+    ids = rng.integers(0, 1000, size=(n, k), dtype=np.int64)
+    want_sq, want_contrib = _core.neighbour_sqdist(queries, train, ids, True)
+    sq, contrib = _gpu.neighbour_sqdist(
+        torch.from_numpy(queries).cuda(),
+        torch.from_numpy(train).cuda(),
+        torch.from_numpy(ids).cuda(),
+        want_contribution=True,
+    )
+    np.testing.assert_allclose(sq.cpu().numpy(), want_sq, rtol=1e-6)
+    np.testing.assert_allclose(contrib.cpu().numpy(), want_contrib, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
 def test_neighbour_sqdist_kernel_rejects_bad_ids(torch):
     q = torch.ones((2, 4), device="cuda")
@@ -244,6 +360,49 @@ def test_smallest_per_row_skips_diagonal_and_treats_nan_as_inf(torch):
     assert ids[0, 9] == -1
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+def test_smallest_per_row_checks_the_callers_output_buffers(torch):
+    """Wrong buffers raise instead of letting the kernel write int64 ids or k columns out of bounds."""
+    host = np.random.default_rng(11).permutation(40).astype(np.float32).reshape(4, 10)
+    values = torch.from_numpy(host).cuda()
+
+    def buffers(
+        rows=4, k=3, value_dtype=torch.float32, id_dtype=torch.int64, value_device="cuda", id_device="cuda"
+    ):
+        return (
+            torch.empty((rows, k), dtype=value_dtype, device=value_device),
+            torch.empty((rows, k), dtype=id_dtype, device=id_device),
+        )
+
+    wrong = {
+        "int32 ids": buffers(id_dtype=torch.int32),
+        "float64 values": buffers(value_dtype=torch.float64),
+        "a row short": buffers(rows=3),
+        "a column short": buffers(k=2),
+        "ids on the host": buffers(id_device="cpu"),
+        "values on the host": buffers(value_device="cpu"),
+    }
+    if torch.cuda.device_count() > 1:
+        wrong["ids on another GPU"] = buffers(id_device="cuda:1")
+    for what, (out_values, out_ids) in wrong.items():
+        try:
+            _gpu.smallest_per_row(values, 3, out_values=out_values, out_ids=out_ids)
+        except ValueError:
+            continue
+        pytest.fail(f"smallest_per_row accepted out buffers with {what}")
+    # column slices of wider buffers stay allowed: the search writes its candidates that way
+    wide_values = torch.full((4, 9), -5.0, device="cuda")
+    wide_ids = torch.full((4, 9), -7, dtype=torch.int64, device="cuda")
+    _gpu.smallest_per_row(values, 3, out_values=wide_values[:, 3:6], out_ids=wide_ids[:, 3:6])
+    order = np.argsort(host, axis=1, kind="stable")[:, :3]
+    got_values, got_ids = wide_values.cpu().numpy(), wide_ids.cpu().numpy()
+    np.testing.assert_array_equal(got_ids[:, 3:6], order)
+    np.testing.assert_array_equal(got_values[:, 3:6], np.take_along_axis(host, order, axis=1))
+    assert (np.delete(got_values, [3, 4, 5], axis=1) == -5.0).all()
+    assert (np.delete(got_ids, [3, 4, 5], axis=1) == -7).all()
+
+
 # ---- neighbour search on the device -----------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
@@ -253,7 +412,6 @@ def test_smallest_per_row_skips_diagonal_and_treats_nan_as_inf(torch):
 @pytest.mark.parametrize("budget", [4096, 1 << 20, 1 << 30])
 @pytest.mark.parametrize("leave_one_out", [False, True])
 def test_brute_force_search_is_exact(torch, d, k, budget, leave_one_out):
-    faiss = pytest.importorskip("faiss")
     rng = np.random.default_rng(d + k)
     train = rng.standard_normal((997, d)).astype(np.float32)
     queries = train[:600] if leave_one_out else rng.standard_normal((600, d)).astype(np.float32)
@@ -265,7 +423,8 @@ def test_brute_force_search_is_exact(torch, d, k, budget, leave_one_out):
     np.testing.assert_allclose(sq, want, rtol=1e-6)  # the ids really are at those distances
     if leave_one_out:
         assert not (ids == np.arange(600)[:, None]).any()
-    else:
+    else:  # the leave-one-out half above needs no faiss
+        faiss = pytest.importorskip("faiss")
         faiss_sq, _ = faiss.knn(queries, train, k)
         np.testing.assert_allclose(sq, faiss_sq, rtol=1e-4, atol=1e-4)
 
@@ -276,6 +435,89 @@ def test_brute_force_search_refuses_too_many_neighbours(torch):
     search = _gpu.BruteForceSearch(torch.zeros((5, 3), device="cuda"))
     with pytest.raises(ValueError, match="only 4 training rows"):
         search.search(torch.zeros((2, 3), device="cuda"), 5, leave_one_out_from=0)
+
+
+def _round_to_tf32(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to TF32 (10 mantissa bits, nearest even), as tensor cores read them."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x0FFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    return rounded.view(np.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+def test_brute_force_search_stays_exact_with_tf32_enabled(torch):
+    """A5: TF32 switched on by the caller must not reach the search's matrix product, nor be switched off."""
+    rng = np.random.default_rng(32)
+    d, k = 8, 5
+    # Rows near 100 with unit spread: TF32 keeps 10 mantissa bits, so its inputs move by up to
+    # 0.06 and ||x||^2 - 2 q.x by tens; neighbour distances are a few units apart.
+    train = (100.0 + rng.standard_normal((3000, d))).astype(np.float32)
+    queries = (100.0 + rng.standard_normal((300, d))).astype(np.float32)
+    want = knn_sqdist_oracle(queries, train, k)
+    # The data really is TF32-sensitive: ranking by TF32-rounded scores misses a true neighbour
+    # among 4k candidates in most rows.
+    norms = _round_to_tf32((train.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)).astype(np.float64)
+    scores = norms[None, :] - 2.0 * _round_to_tf32(queries).astype(np.float64) @ _round_to_tf32(train).T
+    cand = np.argsort(scores, axis=1)[:, : 4 * k]
+    cand_sq = ((queries[:, None, :].astype(np.float64) - train[cand]) ** 2).sum(axis=2)
+    found = np.isclose(np.sort(cand_sq, axis=1)[:, :k], want, rtol=1e-9).all(axis=1)
+    assert found.mean() < 0.5
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        search = _gpu.BruteForceSearch(torch.from_numpy(train).cuda())
+        sq, ids = search.search(torch.from_numpy(queries).cuda(), k)
+        det = DTPMNonParametric(n_neighbors=k, device="cuda").fit(train)
+        scores_tf32 = det.decision_function(queries)
+        assert torch.backends.cuda.matmul.allow_tf32 is True  # the caller's setting is left as it was
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(saved[1])
+        torch.backends.cuda.matmul.allow_tf32 = saved[0]
+    np.testing.assert_allclose(sq.cpu().numpy(), want, rtol=1e-5, atol=1e-5)
+    want_sq, _ = _core.neighbour_sqdist(queries, train, ids.cpu().numpy(), False)
+    np.testing.assert_allclose(sq.cpu().numpy(), want_sq, rtol=1e-6)
+    cpu = DTPMNonParametric(n_neighbors=k, device="cpu").fit(train)
+    np.testing.assert_allclose(scores_tf32, cpu.decision_function(queries), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+@pytest.mark.parametrize("budget", [1 << 20, 8 << 20])
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_brute_force_search_stays_within_its_memory_budget(torch, budget, leave_one_out):
+    """A4: k = 100 (200 candidates, the top-k path) over 20k training rows in 1-8 MiB blocks."""
+    rng = np.random.default_rng(20_000)
+    train_np = rng.standard_normal((20_000, 16)).astype(np.float32)
+    train = torch.from_numpy(train_np).cuda()
+    queries_np = train_np[:5000] if leave_one_out else rng.standard_normal((5000, 16)).astype(np.float32)
+    queries = torch.from_numpy(queries_np).cuda()
+    loo = 0 if leave_one_out else None
+    k = 100
+    search = _gpu.BruteForceSearch(train, memory_budget=budget)
+    search.search(queries[:300], k, loo)  # warm-up: cuBLAS workspace and the like are not the search's
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    sq, ids = search.search(queries, k, loo)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    outputs = sq.numel() * sq.element_size() + ids.numel() * ids.element_size()
+    slack = 256 << 10  # the allocator rounds each block up to 512 bytes
+    assert peak <= budget + outputs + slack, f"peak {peak} bytes > budget {budget} + outputs {outputs}"
+    sample = np.arange(0, 5000, 125)
+    want = _sampled_knn_oracle(queries_np, train_np, sample, k, leave_one_out)
+    np.testing.assert_allclose(sq.cpu().numpy()[sample], want, rtol=1e-5, atol=1e-5)
+
+
+def _sampled_knn_oracle(queries, train, sample, k, leave_one_out):
+    """``knn_sqdist_oracle`` for the query rows ``sample`` only (leave_one_out: query i is train row i)."""
+    if leave_one_out:  # the row itself is at distance 0, first in the sort (ties give the same values)
+        return knn_sqdist_oracle(queries[sample], train, k + 1)[:, 1:]
+    return knn_sqdist_oracle(queries[sample], train, k)
 
 
 @pytest.mark.gpu
@@ -371,6 +613,83 @@ def test_detector_accepts_cupy_on_the_callers_stream(blobs):
     grid = PosteriorGrid.for_steps(300)
     mode, mean, _ = _gpu.posterior(sq, 8, grid.log_sigma2, grid.inv_sigma2)
     assert isinstance(mode, cupy.ndarray) and isinstance(mean, cupy.ndarray)
+
+
+# Busy-waits one thread for `cycles` clock ticks: later work on its stream queues behind it.
+_SPIN_KERNEL = r"""
+extern "C" __global__ void spin(long long cycles) {
+    const long long start = clock64();
+    while (clock64() - start < cycles) {
+    }
+}
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+def test_detector_reads_cupy_input_on_the_callers_stream(blobs):
+    """Work on another stream would read the input before the caller's stream has filled it in.
+
+    The caller's non-blocking stream spins ~0.1 s, then copies the data into ``x`` (zeros until
+    then), then asks for the scores. Only that stream is synchronised before reading them.
+    """
+    cupy = _cupy_or_skip()
+    X_train, X_test, _ = blobs
+    det = DTPMNonParametric(device="cuda").fit(X_train)
+    want = det.decision_function(X_test)
+    stale = det.decision_function(np.zeros_like(X_test))  # what reading x too early gives
+    assert not np.allclose(stale, want)
+    spin = cupy.RawKernel(_SPIN_KERNEL, "spin")
+    data = cupy.asarray(X_test)
+    x = cupy.zeros_like(data)
+    cupy.cuda.Device().synchronize()
+    stream = cupy.cuda.Stream(non_blocking=True)  # no implicit ordering with the legacy default stream
+    with stream:
+        spin((1,), (1,), (np.int64(200_000_000),))  # ~0.1 s at 2 GHz
+        x[...] = data
+        got = det.decision_function(x)
+    stream.synchronize()
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+def test_detector_accepts_tensors_that_require_grad(torch, blobs):
+    X_train, X_test, _ = blobs
+    x_train = torch.from_numpy(X_train).cuda().requires_grad_()
+    x_test = torch.from_numpy(X_test).cuda().requires_grad_()
+    det = DTPMNonParametric(device="cuda").fit(x_train)
+    plain = DTPMNonParametric(device="cuda").fit(x_train.detach())
+    np.testing.assert_array_equal(det.decision_scores_, plain.decision_scores_)
+    got = det.decision_function(x_test)
+    assert isinstance(got, torch.Tensor) and got.is_cuda
+    np.testing.assert_array_equal(
+        got.detach().cpu().numpy(), plain.decision_function(x_test.detach()).cpu().numpy()
+    )
+    np.testing.assert_array_equal(got.detach().cpu().numpy(), plain.decision_function(X_test))
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+def test_posterior_of_host_rows_holds_one_batch_on_the_device(torch):
+    """B5: NumPy in, NumPy out: the (n, T) result is gathered on the host, batch by batch."""
+    rng = np.random.default_rng(5)
+    X_train = rng.standard_normal((1000, 8)).astype(np.float32)
+    X = rng.standard_normal((200_000, 8)).astype(np.float32)
+    det = DTPMNonParametric(device="cuda", batch_size=4096).fit(X_train)
+    det.posterior(X[:10])  # the device state and the workspaces exist before we measure
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    post = det.posterior(X)
+    peak = torch.cuda.max_memory_allocated() - before
+    whole = X.shape[0] * det.T * 8  # 480 MB; one batch is 4096 * 300 * 8 = 9.8 MB
+    assert peak < whole / 4, f"peak {peak} bytes on the device for a {whole}-byte result"
+    assert isinstance(post, np.ndarray) and post.dtype == np.float64 and post.shape == (len(X), det.T)
+    cpu = DTPMNonParametric(device="cpu").fit(X_train)
+    for rows in (slice(0, 500), slice(len(X) - 500, None)):
+        np.testing.assert_allclose(post[rows], cpu.posterior(X[rows]), atol=1e-6)
 
 
 @pytest.mark.gpu
