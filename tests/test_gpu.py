@@ -286,6 +286,13 @@ def test_neighbour_sqdist_kernel_matches_host(torch, dtype, d, n, k):
     train = rng.standard_normal((50, d)).astype(dtype)
     queries = rng.standard_normal((n, d)).astype(dtype)
     ids = rng.integers(0, 50, size=(n, k), dtype=np.int64)
+    sq = _assert_sqdist_matches_host(torch, queries, train, ids, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    oracle_sq, _ = neighbour_sqdist_oracle(queries, train, ids)
+    np.testing.assert_allclose(sq, oracle_sq, rtol=1e-5)
+
+
+def _assert_sqdist_matches_host(torch, queries, train, ids, rtol):
+    """Device distances and per-feature contributions against ``_core``; returns the device distances."""
     want_sq, want_contrib = _core.neighbour_sqdist(queries, train, ids, True)
     sq, contrib = _gpu.neighbour_sqdist(
         torch.from_numpy(queries).cuda(),
@@ -293,11 +300,9 @@ def test_neighbour_sqdist_kernel_matches_host(torch, dtype, d, n, k):
         torch.from_numpy(ids).cuda(),
         want_contribution=True,
     )
-    rtol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(sq.cpu().numpy(), want_sq, rtol=rtol)
     np.testing.assert_allclose(contrib.cpu().numpy(), want_contrib, rtol=rtol, atol=1e-7)
-    oracle_sq, _ = neighbour_sqdist_oracle(queries, train, ids)
-    np.testing.assert_allclose(sq.cpu().numpy(), oracle_sq, rtol=1e-5)
+    return sq.cpu().numpy()
 
 
 @pytest.mark.gpu
@@ -310,15 +315,7 @@ def test_neighbour_sqdist_kernel_matches_host_on_300k_queries(torch, d):
     train = rng.standard_normal((1000, d)).astype(np.float32)
     queries = rng.standard_normal((n, d)).astype(np.float32)
     ids = rng.integers(0, 1000, size=(n, k), dtype=np.int64)
-    want_sq, want_contrib = _core.neighbour_sqdist(queries, train, ids, True)
-    sq, contrib = _gpu.neighbour_sqdist(
-        torch.from_numpy(queries).cuda(),
-        torch.from_numpy(train).cuda(),
-        torch.from_numpy(ids).cuda(),
-        want_contribution=True,
-    )
-    np.testing.assert_allclose(sq.cpu().numpy(), want_sq, rtol=1e-6)
-    np.testing.assert_allclose(contrib.cpu().numpy(), want_contrib, rtol=1e-6, atol=1e-7)
+    _assert_sqdist_matches_host(torch, queries, train, ids, rtol=1e-6)
 
 
 @pytest.mark.gpu
