@@ -155,6 +155,29 @@ def test_search_chunks_keep_the_working_memory_within_the_budget():
     assert checked > 500 and filled > 200  # the conditions above leave plenty of cases to check
 
 
+def test_full_fp32_matmul_switches_tf32_off_inside_and_restores_the_callers_setting():
+    """The flags exist in CPU builds of torch too, so the save / restore logic runs everywhere."""
+    torch = pytest.importorskip("torch")
+    matmul = torch.backends.cuda.matmul
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # what a training script does to get TF32
+        assert matmul.allow_tf32 is True
+        with _gpu.full_fp32_matmul():
+            if hasattr(matmul, "fp32_precision"):
+                assert matmul.fp32_precision == "ieee"
+            else:
+                assert matmul.allow_tf32 is False
+        assert matmul.allow_tf32 is True  # readable again (torch raises on a mixed state) and restored
+        assert torch.get_float32_matmul_precision() == "high"
+        with pytest.raises(KeyError), _gpu.full_fp32_matmul():  # restored on the way out of an error too
+            raise KeyError("inside")
+        assert matmul.allow_tf32 is True
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert matmul.allow_tf32 is (saved != "highest")
+
+
 # ---- device kernels against the host kernels -----------------------------------------------------
 @pytest.fixture(scope="module")
 def torch():
