@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 
@@ -392,7 +393,7 @@ def search_chunks(n_queries: int, n_train: int, n_cand: int, memory_budget: int,
     while True:
         per_row = search_working_bytes(1, cols, n_train, n_cand, n_features)
         if memory_budget // per_row >= target:
-            return min(n_queries, memory_budget // per_row), cols
+            return max(1, min(n_queries, memory_budget // per_row)), cols
         if cheapest is None or per_row < cheapest[0]:
             cheapest = (per_row, cols)
         if cols == 1:
@@ -401,29 +402,59 @@ def search_chunks(n_queries: int, n_train: int, n_cand: int, memory_budget: int,
         cols = (cols + 1) // 2
 
 
-@contextlib.contextmanager
-def full_fp32_matmul():
-    """Plain float32 matrix products (no TF32) inside the block, the caller's setting restored after.
+class _FullFp32Matmul:
+    """Plain float32 matrix products (no TF32) while any thread is inside, the setting restored after.
 
     A user who enabled TF32 (``torch.set_float32_matmul_precision("high")``) would otherwise get
-    candidate scores ~1e-3 coarse and an "exact" search that can miss neighbours. Uses the
-    ``fp32_precision`` API where torch has it (mixing it with ``allow_tf32`` makes torch raise).
-    The flag is process-wide: other threads' matmuls run in full precision meanwhile.
+    candidate scores ~1e-3 coarse and an "exact" search that can miss neighbours. The flag is
+    process-wide, so entries are counted under a lock: the first thread in saves and sets it, the
+    last one out restores it (other threads' matmuls run in full precision meanwhile). Uses the
+    ``fp32_precision`` API where torch has it (reading ``allow_tf32`` raises in torch while the two
+    APIs disagree).
     """
-    matmul = _torch().backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        name, strict = "fp32_precision", "ieee"
-    else:  # torch < 2.9
-        name, strict = "allow_tf32", False
-    previous = getattr(matmul, name)
-    if previous == strict:
-        yield
-        return
-    setattr(matmul, name, strict)
-    try:
-        yield
-    finally:
-        setattr(matmul, name, previous)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = None
+
+    @staticmethod
+    def _flag():
+        matmul = _torch().backends.cuda.matmul
+        if hasattr(matmul, "fp32_precision"):
+            return matmul, "fp32_precision", "ieee"
+        return matmul, "allow_tf32", False  # torch < 2.9
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                matmul, name, strict = self._flag()
+                self._saved = getattr(matmul, name)  # the effective value (inherited or set)
+                if self._saved != strict:
+                    setattr(matmul, name, strict)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                matmul, name, strict = self._flag()
+                if self._saved != strict:
+                    if name == "fp32_precision":
+                        # "none" inherits from torch.backends(.cuda).fp32_precision again; set the
+                        # saved value explicitly only when it had been set on matmul itself.
+                        setattr(matmul, name, "none")
+                    if getattr(matmul, name) != self._saved:
+                        setattr(matmul, name, self._saved)
+
+
+_FULL_FP32_MATMUL = _FullFp32Matmul()
+
+
+def full_fp32_matmul() -> _FullFp32Matmul:
+    """Context manager: no TF32 in matrix products inside it (see ``_FullFp32Matmul``)."""
+    return _FULL_FP32_MATMUL
 
 
 class BruteForceSearch:
@@ -812,24 +843,22 @@ class NonParametricEngine:
         with caller_stream(X):
             checked = self._as_device_matrix(X) if kind != "numpy" else X
             result = to_kind(fn(checked), kind)
-            self._used_on_current_stream()
+            self._order_after_current_stream()
             return result
 
-    def _used_on_current_stream(self) -> None:
-        """Tell torch's allocator that the caller's stream read the fitted tensors.
+    def _order_after_current_stream(self) -> None:
+        """Make the fit-time stream wait for the work just queued on the caller's stream.
 
-        They were allocated on the stream current at fit time; without this, freeing them (a
-        refit, or dropping the detector) while work queued on another stream still reads them
-        would let the allocator hand their memory to new allocations on the fit-time stream.
+        The fitted tensors were allocated on the stream current at fit time; if they are freed
+        (a refit, dropping the detector), torch's allocator may reuse their memory on that
+        stream at once. Waiting here orders such reuse after the caller's reads. (Not
+        ``record_stream``: it would keep the raw handle of a CuPy stream that may be destroyed
+        before the tensors are freed.)
         """
         torch = _torch()
         stream = torch.cuda.current_stream(self.device)
-        if stream == self._home_stream:
-            return
-        for t in (self.train, self._mean, self._scale, self.log_sigma2, self.inv_sigma2):
-            t.record_stream(stream)
-        if isinstance(self._search, BruteForceSearch):
-            self._search._train_aug.record_stream(stream)
+        if stream != self._home_stream:
+            self._home_stream.wait_stream(stream)
 
     def decision_function(self, X, score: str = "mean"):
         """Scores float64 (n,): posterior mean or mode of t; NumPy for NumPy input, else device."""
