@@ -1,10 +1,10 @@
 // Error checking for CUDA runtime calls and kernel launches (device code never throws; host does).
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <stdexcept>
 #include <string>
+
+#include "cuda_api.cuh"
 
 namespace dtpm::cuda {
 

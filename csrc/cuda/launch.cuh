@@ -1,13 +1,12 @@
 // Shared launch plumbing for the launchers: pointer checks, device selection, grid sizing.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "check.cuh"
+#include "cuda_api.cuh"
 #include "dtpm_cuda.hpp"
 
 namespace dtpm::cuda::detail {

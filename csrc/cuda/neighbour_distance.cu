@@ -4,13 +4,12 @@
 // stride over the features, so the reads of a neighbour row are coalesced, and the partial sums
 // meet in a shuffle reduction. Per-term arithmetic matches the host kernel (float differences,
 // squares summed in double); only the summation order differs.
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "check.cuh"
+#include "cuda_api.cuh"
 #include "dtpm_cuda.hpp"
 #include "launch.cuh"
 
@@ -64,8 +63,8 @@ void launch(const Real* queries, int64_t n, const Real* train, int64_t n_train, 
   const int64_t queries_per_block = kThreads / G;
   const int blocks = detail::grid_blocks(neighbour_sqdist_kernel<Real, G>, kThreads, 0,
                                          (n + queries_per_block - 1) / queries_per_block);
-  neighbour_sqdist_kernel<Real, G>
-      <<<blocks, kThreads, 0, stream>>>(queries, n, train, n_train, d, ids, k, sqdist, contribution, status);
+  detail::launch_kernel(neighbour_sqdist_kernel<Real, G>, blocks, kThreads, 0, stream, queries, n, train,
+                        n_train, d, ids, k, sqdist, contribution, status);
   CHECK_CUDA(cudaGetLastError());
 }
 

@@ -5,17 +5,16 @@
 // below b/c (here by binary search, on the host by a bucket lookup: identical counts); the mean
 // sums the float weights of the terms within kWindowNats of the peak in double (the host's
 // windowed sum does the same; its large calls interpolate a table checked to 1e-5 against the
-// exact mean); beyond
-// b_all_last all mass is at T-1 on both. Mode and mean use one thread per row; the full
-// posterior uses one warp per row so that its [n, T] writes are coalesced.
-#include <cuda_runtime.h>
-
+// exact mean); beyond b_all_last all mass is at T-1 on both. Mode and mean use one thread per
+// row; the full posterior uses one warp per row so that its [n, T] writes are coalesced.
+// tests/test_cuda_emulation.py runs this file on the CPU (see cuda_api.cuh).
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "check.cuh"
+#include "cuda_api.cuh"
 #include "dtpm/posterior_arguments.hpp"
 #include "dtpm_cuda.hpp"
 #include "launch.cuh"
@@ -44,7 +43,7 @@ struct GridView {
 /// Loads the tables into shared memory when they fit; every thread of the block must call it.
 __device__ GridView load_grid(const double* L_g, const double* I_g, int64_t T, bool use_shared) {
   if (!use_shared) return GridView{L_g, I_g, nullptr, T};
-  extern __shared__ double smem[];
+  DTPM_DYNAMIC_SHARED(double, smem);
   double* L = smem;
   double* I = smem + T;
   double* B = smem + 2 * T;
@@ -214,14 +213,14 @@ void posterior_scores(const Real* sqdist, int64_t n, int64_t k, int64_t n_featur
     const int64_t rows_per_block = kThreads / kWarp;
     const int blocks = detail::grid_blocks(full_posterior_kernel<Real>, kThreads, shared_bytes,
                                            (n + rows_per_block - 1) / rows_per_block);
-    full_posterior_kernel<Real><<<blocks, kThreads, shared_bytes, s>>>(sqdist, n, k, c, schedule.log_sigma2,
-                                                                       schedule.inv_sigma2, T, use_shared,
-                                                                       mode, mean, posterior, status);
+    detail::launch_kernel(full_posterior_kernel<Real>, blocks, kThreads, shared_bytes, s, sqdist, n, k, c,
+                          schedule.log_sigma2, schedule.inv_sigma2, T, use_shared, mode, mean, posterior,
+                          status);
   } else {
     const int blocks =
         detail::grid_blocks(mode_mean_kernel<Real>, kThreads, shared_bytes, (n + kThreads - 1) / kThreads);
-    mode_mean_kernel<Real><<<blocks, kThreads, shared_bytes, s>>>(
-        sqdist, n, k, c, schedule.log_sigma2, schedule.inv_sigma2, T, use_shared, mode, mean, status);
+    detail::launch_kernel(mode_mean_kernel<Real>, blocks, kThreads, shared_bytes, s, sqdist, n, k, c,
+                          schedule.log_sigma2, schedule.inv_sigma2, T, use_shared, mode, mean, status);
   }
   CHECK_CUDA(cudaGetLastError());
 }

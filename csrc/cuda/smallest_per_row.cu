@@ -4,8 +4,6 @@
 // its KT best (value, column) pairs in registers (compile-time indices, branch-free insertion);
 // the block then pops the k global minima in k rounds of a block-wide argmin over list heads.
 // Ties go to the smaller column, so the result is deterministic.
-#include <cuda_runtime.h>
-
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +11,7 @@
 #include <string>
 
 #include "check.cuh"
+#include "cuda_api.cuh"
 #include "dtpm_cuda.hpp"
 #include "launch.cuh"
 
@@ -132,8 +131,8 @@ void launch(const float* values, int64_t rows, int64_t cols, int64_t ld, int k, 
             bool exclude_diagonal, int64_t diagonal_offset, float* out_values, int64_t* out_ids,
             int64_t out_ld, cudaStream_t stream) {
   const int blocks = detail::grid_blocks(smallest_per_row_kernel<KT>, kThreads, 0, rows);
-  smallest_per_row_kernel<KT><<<blocks, kThreads, 0, stream>>>(
-      values, rows, cols, ld, k, id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids, out_ld);
+  detail::launch_kernel(smallest_per_row_kernel<KT>, blocks, kThreads, 0, stream, values, rows, cols, ld, k,
+                        id_offset, exclude_diagonal, diagonal_offset, out_values, out_ids, out_ld);
   CHECK_CUDA(cudaGetLastError());
 }
 
