@@ -241,6 +241,23 @@ def test_posterior_degenerate_rows_and_nan(emu):
         assert mode[1] == 0 and mean[1] == 0.0 and mode[2] > 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_posterior_extreme_distances_match_the_host(emu, dtype):
+    """From subnormal to beyond the grid's last boundary (all mass at T-1 while finite)."""
+    scale = np.logspace(-40 if dtype == np.float64 else -30, 30, 400)
+    sq = (scale[:, None] * np.array([0.5, 1.0, 1.5])).astype(dtype)
+    grid = PosteriorGrid.for_steps(300)
+    want_mode, want_mean, want_post = _core.posterior(
+        sq, 12, grid.log_sigma2, grid.inv_sigma2, True, True, True
+    )
+    mode, mean, post, status = emu.posterior(sq, 12, grid, want_posterior=True)
+    assert status == 0
+    _assert_modes_agree(mode, want_mode)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(post, want_post, atol=1e-6)
+    assert mode[0] == 0 and mode[-1] == 299 and mean[-1] == 299.0
+
+
 def test_posterior_launcher_checks_its_arguments(emu):
     grid = PosteriorGrid.for_steps(300)
     with pytest.raises(ValueError, match="n_features must be > 2"):
