@@ -20,6 +20,7 @@ namespace {
 
 constexpr std::size_t kStackBytes = 256 * 1024;
 constexpr int kWarpSize = 32;
+constexpr std::size_t kDefaultSharedLimit = 48 * 1024;
 
 enum class State { Runnable, AtBarrier, AtExchange, Done };
 
@@ -221,9 +222,12 @@ void run_grid(int blocks, int threads, std::size_t shared_bytes, const std::func
   if (blocks < 1 || threads < 1 || threads > 1024)
     throw std::invalid_argument("CUDA emulation: bad launch configuration (" + std::to_string(blocks) +
                                 " blocks of " + std::to_string(threads) + " threads)");
-  if (shared_bytes > 227 * 1024)
-    throw std::invalid_argument("CUDA emulation: " + std::to_string(shared_bytes) +
-                                " bytes of dynamic shared memory exceed a block's 227 KiB");
+  // Without cudaFuncSetAttribute(..., cudaFuncAttributeMaxDynamicSharedMemorySize, ...), which
+  // the kernels do not call, a launch asking for more than 48 KiB fails on every GPU.
+  if (shared_bytes > kDefaultSharedLimit)
+    throw std::invalid_argument(
+        "CUDA emulation: " + std::to_string(shared_bytes) +
+        " bytes of dynamic shared memory exceed the 48 KiB a launch gets without opting in");
   if (g_block != nullptr) throw std::logic_error("CUDA emulation: nested kernel launch");
   std::vector<std::unique_ptr<char[]>> stacks;
   for (int t = 0; t < threads; ++t) stacks.emplace_back(new char[kStackBytes]);
