@@ -6,6 +6,8 @@ the same kernels and launchers, with blocks run one after another and each block
 fibers that meet at ``__syncthreads()`` and warp shuffles. This checks the kernels' indexing,
 grid-stride loops, shared-memory use, shuffles and tie rules on every machine, and the emulator
 reports divergent barriers and malformed shuffles as errors (tests at the bottom show it does).
+The last test runs all of this again under AddressSanitizer, which stops at any read or write
+outside an array, naming the kernel line.
 
 It is not a GPU run: timing, occupancy, the memory model and the hardware's float units (other
 than ``__expf``, modelled) are not covered; ``tests/test_gpu.py`` covers those when a GPU exists.
@@ -17,6 +19,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ SOURCES = [
 EMULATION = REPO / "tests" / "cuda_emulation"
 EMULATED_SMS = 3  # kEmulatedSMs in cuda_emulation.hpp: launches get at most 3 blocks
 SCHEDULES = {"forward": 0, "reverse": 1, "random": 2}
+SANITIZE_ENV = "DTPM_EMULATION_SANITIZE"
 
 _f32p = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
 _f64p = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
@@ -134,8 +138,10 @@ def emu(tmp_path_factory) -> EmulatedKernels:
     if compiler is None:
         pytest.skip("no C++ compiler to build the CUDA emulation")
     out = tmp_path_factory.mktemp("cuda_emulation") / "libdtpm_cuda_emulation.so"
+    sanitize = os.environ.get(SANITIZE_ENV) == "address"  # set by the AddressSanitizer test below
+    optimize = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"] if sanitize else ["-O2"]
     command = [
-        compiler, "-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unknown-pragmas",
+        compiler, "-std=c++17", *optimize, "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unknown-pragmas",
         f"-I{REPO / 'csrc' / 'include'}", f"-I{REPO / 'csrc' / 'cuda'}", f"-I{EMULATION}",
         "-x", "c++", *map(str, SOURCES), "-x", "none",
         str(EMULATION / "emulation.cpp"), str(EMULATION / "emulated_kernels.cpp"),
@@ -398,3 +404,49 @@ def test_emulator_schedules_expose_a_missing_barrier(emu):
 def test_emulator_shuffles_and_dynamic_shared_memory(emu, schedule):
     np.testing.assert_array_equal(emu.selfcheck("warp_sums"), 49628.0)
     assert np.isnan(emu.selfcheck("read_fresh_dynamic_shared")).all()
+
+
+@pytest.mark.slow
+def test_emulated_kernels_stay_within_their_arrays_under_address_sanitizer():
+    """This file's tests again, with the emulation built under AddressSanitizer (about 2 minutes).
+
+    An index slip that reads or writes one element past an array (which on a GPU may go
+    unnoticed or corrupt a neighbouring buffer) stops the run with the kernel line that did it.
+    """
+    if os.environ.get(SANITIZE_ENV):
+        pytest.skip("already inside the sanitized run")
+    compiler = _compiler()
+    if compiler is None:
+        pytest.skip("no C++ compiler to build the CUDA emulation")
+
+    def runtime(name):
+        found = subprocess.run(
+            [compiler, f"-print-file-name={name}"], capture_output=True, text=True, check=False
+        )
+        path = Path(found.stdout.strip())
+        return path if path.is_absolute() and path.exists() else None
+
+    asan, cxx = runtime("libasan.so"), runtime("libstdc++.so")
+    if asan is None or cxx is None:
+        pytest.skip(f"{compiler} has no AddressSanitizer runtime")
+    # Python is not linked with libstdc++: preload it too, so ASan finds the C++ throw it wraps.
+    env = {
+        **os.environ,
+        SANITIZE_ENV: "address",
+        "LD_PRELOAD": f"{asan} {cxx}",
+        "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1",
+    }
+    # -s: no output capture in the child, so a report ASan prints before it exits reaches us.
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-s", "-p", "no:cacheprovider"]
+    run = subprocess.run(
+        command,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+    report = (run.stdout + run.stderr)[-6000:]
+    assert run.returncode == 0, f"the sanitized run failed:\n{report}"
+    assert " passed" in run.stdout and "AddressSanitizer" not in run.stdout

@@ -15,6 +15,10 @@
 
 #include "cuda_emulation.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 namespace dtpm_emulation {
 namespace {
 
@@ -26,6 +30,7 @@ enum class State { Runnable, AtBarrier, AtExchange, Done };
 
 struct Fiber {
   ucontext_t context{};
+  char* stack = nullptr;
   State state = State::Runnable;
   ThreadCoordinates coordinates{};
   unsigned mask = 0;  // the pending exchange
@@ -37,10 +42,27 @@ struct Block {
   std::vector<Fiber> fibers;
   std::vector<unsigned char> shared;
   ucontext_t scheduler{};
+  const void* scheduler_stack = nullptr;  // for AddressSanitizer
+  std::size_t scheduler_stack_size = 0;
   int current = -1;
   const std::function<void()>* body = nullptr;
   std::string error;  // first failure inside a fiber; the launch stops at it
 };
+
+// AddressSanitizer must hear of every stack switch, or it reports false errors (the test suite
+// runs this file under it). fake_stack: nullptr when the stack being left is finished with.
+void before_switch([[maybe_unused]] void** fake_stack, [[maybe_unused]] const void* bottom,
+                   [[maybe_unused]] std::size_t size) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+#endif
+}
+void after_switch([[maybe_unused]] void* fake_stack, [[maybe_unused]] const void** old_bottom,
+                  [[maybe_unused]] std::size_t* old_size) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake_stack, old_bottom, old_size);
+#endif
+}
 
 Block* g_block = nullptr;  // the block being run (launches are not reentrant)
 int g_order = 0;
@@ -54,7 +76,10 @@ Fiber& current_fiber() {
 
 void yield_to_scheduler() {
   Fiber& self = current_fiber();
+  void* fake_stack = nullptr;
+  before_switch(&fake_stack, g_block->scheduler_stack, g_block->scheduler_stack_size);
   swapcontext(&self.context, &g_block->scheduler);
+  after_switch(fake_stack, &g_block->scheduler_stack, &g_block->scheduler_stack_size);
 }
 
 /// Records the failure and leaves the fiber for good (the scheduler abandons the launch).
@@ -64,17 +89,20 @@ void yield_to_scheduler() {
     g_block->error = "thread " + std::to_string(self.coordinates.thread_idx.x) + " of block " +
                      std::to_string(self.coordinates.block_idx.x) + ": " + what;
   self.state = State::Done;
+  before_switch(nullptr, g_block->scheduler_stack, g_block->scheduler_stack_size);
   swapcontext(&self.context, &g_block->scheduler);
   std::terminate();  // never resumed
 }
 
 void fiber_entry() {
+  after_switch(nullptr, &g_block->scheduler_stack, &g_block->scheduler_stack_size);
   try {
     (*g_block->body)();
   } catch (const std::exception& e) {
     if (g_block->error.empty()) g_block->error = std::string("exception in a kernel: ") + e.what();
   }
   current_fiber().state = State::Done;
+  before_switch(nullptr, g_block->scheduler_stack, g_block->scheduler_stack_size);
   // returning resumes uc_link, the scheduler
 }
 
@@ -161,7 +189,8 @@ void run_block(Block& block, std::vector<std::unique_ptr<char[]>>& stacks, std::
     Fiber& f = block.fibers[t];
     f.state = State::Runnable;
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = stacks[t].get();
+    f.stack = stacks[t].get();
+    f.context.uc_stack.ss_sp = f.stack;
     f.context.uc_stack.ss_size = kStackBytes;
     f.context.uc_link = &block.scheduler;
     makecontext(&f.context, fiber_entry, 0);
@@ -174,7 +203,10 @@ void run_block(Block& block, std::vector<std::unique_ptr<char[]>>& stacks, std::
     for (const int t : order) {
       if (block.fibers[t].state != State::Runnable) continue;
       block.current = t;
+      void* fake_stack = nullptr;
+      before_switch(&fake_stack, block.fibers[t].stack, kStackBytes);
       swapcontext(&block.scheduler, &block.fibers[t].context);
+      after_switch(fake_stack, nullptr, nullptr);
       block.current = -1;
       if (!block.error.empty()) throw std::runtime_error("CUDA emulation: " + block.error);
     }
