@@ -67,6 +67,51 @@ def test_cuda_module_counts_devices_without_raising():
     assert _cuda.architectures  # e.g. "80-real 90-real 90-virtual", or the user's CMAKE_CUDA_ARCHITECTURES
 
 
+def _native_calls(source: str) -> list:
+    """(binding name, positional count, keyword names) of every ``native().<name>(...)`` call."""
+    import ast
+
+    calls = []
+    for node in ast.walk(ast.parse(source)):
+        func = getattr(node, "func", None) if isinstance(node, ast.Call) else None
+        inner = getattr(func, "value", None)
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(inner, ast.Call)
+            and getattr(inner.func, "id", "") == "native"
+        ):
+            calls.append((func.attr, len(node.args), sorted(k.arg for k in node.keywords)))
+    return calls
+
+
+@pytest.mark.skipif(not _has_cuda_module(), reason="dtpm_fast was built without its CUDA module")
+def test_gpu_layer_calls_the_cuda_bindings_by_their_own_argument_names():
+    """Every kernel call in _gpu.py names each binding argument, and the bindings accept them.
+
+    Runs without a GPU (CI builds _cuda): the names come from the bindings' signatures, and each
+    call is made for real with null pointers, which the launchers refuse before touching CUDA.
+    """
+    import inspect
+    import re
+
+    from dtpm_fast import _cuda
+
+    calls = _native_calls(inspect.getsource(_gpu))
+    assert {name for name, _, _ in calls} == {"posterior", "neighbour_sqdist", "smallest_per_row"}
+    for name, n_positional, keywords in calls:
+        signature = getattr(_cuda, name).__doc__.splitlines()[0]  # "name(a: int, b: str, ...) -> None"
+        params = re.findall(r"(\w+):", signature.split("(", 1)[1].rsplit(")", 1)[0])
+        assert n_positional == 0 and keywords == sorted(params), (name, keywords, params)
+        # "mode" stays non-null (never read: the null sqdist is refused first); with every output
+        # null the posterior launcher would return early, having nothing to compute.
+        pointers = {"sqdist", "log_sigma2", "inv_sigma2", "mean", "posterior", "status", "queries"}
+        pointers |= {"train", "ids", "contribution", "values", "out_values", "out_ids", "stream"}
+        fixed = {"dtype": "float32", "n_features": 3, "exclude_diagonal": False}
+        args = {p: fixed.get(p, 0 if p in pointers else 1) for p in params}  # valid shapes, null pointers
+        with pytest.raises(ValueError, match="null device pointer"):
+            getattr(_cuda, name)(**args)
+
+
 def test_gpu_wrappers_reject_host_arrays():
     with pytest.raises(ValueError, match="CUDA array"):
         _gpu.posterior(np.ones((3, 5)), 8, np.zeros(3), np.ones(3))

@@ -219,19 +219,19 @@ def posterior_tensors(d2, n_features, log_s2, inv_s2, want_mode, want_mean, want
     status = torch.zeros(1, dtype=torch.int32, device=dev)
     if n > 0:
         native().posterior(
-            _ptr(d2),
-            str(d2.dtype).removeprefix("torch."),
-            n,
-            k,
-            int(n_features),
-            _ptr(log_s2),
-            _ptr(inv_s2),
-            T,
-            _ptr(mode),
-            _ptr(mean),
-            _ptr(post),
-            _ptr(status),
-            _stream_handle(d2),
+            sqdist=_ptr(d2),
+            dtype=str(d2.dtype).removeprefix("torch."),
+            n=n,
+            k=k,
+            n_features=int(n_features),
+            log_sigma2=_ptr(log_s2),
+            inv_sigma2=_ptr(inv_s2),
+            T=T,
+            mode=_ptr(mode),
+            mean=_ptr(mean),
+            posterior=_ptr(post),
+            status=_ptr(status),
+            stream=_stream_handle(d2),
         )
         if check:
             _check_status(status, "posterior")
@@ -281,18 +281,18 @@ def sqdist_tensors(q, x, ids, want_contribution=False, check=True):
     status = torch.zeros(1, dtype=torch.int32, device=q.device)
     if n > 0 and k > 0:
         native().neighbour_sqdist(
-            _ptr(q),
-            _ptr(x),
-            str(q.dtype).removeprefix("torch."),
-            n,
-            x.shape[0],
-            d,
-            _ptr(ids),
-            k,
-            _ptr(sq),
-            _ptr(contrib),
-            _ptr(status),
-            _stream_handle(q),
+            queries=_ptr(q),
+            train=_ptr(x),
+            dtype=str(q.dtype).removeprefix("torch."),
+            n=n,
+            n_train=x.shape[0],
+            d=d,
+            ids=_ptr(ids),
+            k=k,
+            sqdist=_ptr(sq),
+            contribution=_ptr(contrib),
+            status=_ptr(status),
+            stream=_stream_handle(q),
         )
         if check:
             _check_status(status, "neighbour_sqdist")
@@ -325,18 +325,18 @@ def smallest_per_row(
         raise ValueError("out_values and out_ids must share a row stride and have unit column stride")
     if rows > 0:
         native().smallest_per_row(
-            _ptr(v),
-            rows,
-            cols,
-            cols,
-            k,
-            id_offset,
-            diagonal_offset is not None,
-            diagonal_offset or 0,
-            _ptr(out_values),
-            _ptr(out_ids),
-            out_values.stride(0),
-            _stream_handle(v),
+            values=_ptr(v),
+            rows=rows,
+            cols=cols,
+            ld=cols,
+            k=k,
+            id_offset=id_offset,
+            exclude_diagonal=diagonal_offset is not None,
+            diagonal_offset=diagonal_offset or 0,
+            out_values=_ptr(out_values),
+            out_ids=_ptr(out_ids),
+            out_ld=out_values.stride(0),
+            stream=_stream_handle(v),
         )
     return out_values, out_ids
 
