@@ -27,6 +27,7 @@ import pytest
 
 from dtpm_fast import _core
 from dtpm_fast.schedule import PosteriorGrid
+from kernel_cases import assert_modes_agree, random_sqdist
 from oracles import neighbour_sqdist_oracle, posterior_oracle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,36 +163,18 @@ def schedule(request, emu):
     emu.set_schedule("forward")
 
 
-def _random_sqdist(rng, n, k, d, dtype):
-    """Squared distances spanning the grid, with zero, infinite and slightly negative rows mixed in."""
-    per_dim = rng.gamma(1.0, 0.3, size=(n, 1)) * rng.uniform(0.5, 1.5, size=(n, k))
-    sq = (per_dim * d).astype(dtype)
-    if n >= 3:
-        sq[0] = 0.0
-        sq[1, 0] = np.inf
-        sq[2, 0] = -1e-6
-    return sq
-
-
-def _assert_modes_agree(got, want):
-    """Equal except rare +-1 at grid boundaries (float rounding), as on the GPU."""
-    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
-    assert diff.max(initial=0) <= 1
-    assert np.count_nonzero(diff) <= max(1, len(want) // 1000)
-
-
 # ---- posterior -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 3, 255, 257, 1601])  # 1601 > 3 blocks x 256 threads: the loop repeats
 @pytest.mark.parametrize(("k", "d"), [(1, 3), (5, 8), (7, 501)])
 def test_posterior_mode_and_mean_match_the_host(emu, dtype, n, k, d):
     rng = np.random.default_rng(n * 1000 + d)
-    sq = _random_sqdist(rng, n, k, d, dtype)
+    sq = random_sqdist(rng, n, k, d, dtype)
     grid = PosteriorGrid.for_steps(300)
     want_mode, want_mean, _ = _core.posterior(sq, d, grid.log_sigma2, grid.inv_sigma2, True, True, False)
     mode, mean, _, status = emu.posterior(sq, d, grid)
     assert status == 0
-    _assert_modes_agree(mode, want_mode)
+    assert_modes_agree(mode, want_mode)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
     _, oracle_mean, _ = posterior_oracle(sq, d)
     np.testing.assert_allclose(mean, oracle_mean, rtol=1e-4, atol=1e-4)
@@ -203,14 +186,14 @@ def test_posterior_mode_and_mean_match_the_host(emu, dtype, n, k, d):
 @pytest.mark.parametrize("n", [1, 3, 97, 200])  # 200 rows > 3 blocks x 8 warps: the warp loop repeats
 def test_full_posterior_matches_the_host(emu, schedule, n):
     rng = np.random.default_rng(n)
-    sq = _random_sqdist(rng, n, 5, 16, np.float32)
+    sq = random_sqdist(rng, n, 5, 16, np.float32)
     grid = PosteriorGrid.for_steps(300)
     want_mode, want_mean, want_post = _core.posterior(
         sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, True
     )
     mode, mean, post, status = emu.posterior(sq, 16, grid, want_posterior=True)
     assert status == 0
-    _assert_modes_agree(mode, want_mode)
+    assert_modes_agree(mode, want_mode)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(post, want_post, atol=1e-6)
     np.testing.assert_allclose(post.sum(axis=1), 1.0, rtol=1e-9)
@@ -219,17 +202,17 @@ def test_full_posterior_matches_the_host(emu, schedule, n):
 @pytest.mark.parametrize("T", [1, 2, 3, 300, 2048, 2049, 5000])  # 2048: last grid in shared memory
 def test_posterior_grid_sizes_in_and_beyond_shared_memory(emu, T):
     rng = np.random.default_rng(T)
-    sq = _random_sqdist(rng, 301, 5, 16, np.float32)
+    sq = random_sqdist(rng, 301, 5, 16, np.float32)
     grid = PosteriorGrid.for_steps(T)
     want_mode, want_mean, want_post = _core.posterior(
         sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, True
     )
     mode, mean, _, _ = emu.posterior(sq, 16, grid)
-    _assert_modes_agree(mode, want_mode)
+    assert_modes_agree(mode, want_mode)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
     rows = slice(0, 40)  # the full posterior on a few rows (T values each)
     mode, mean, post, _ = emu.posterior(np.ascontiguousarray(sq[rows]), 16, grid, want_posterior=True)
-    _assert_modes_agree(mode, want_mode[rows])
+    assert_modes_agree(mode, want_mode[rows])
     np.testing.assert_allclose(mean, want_mean[rows], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(post, want_post[rows], atol=1e-6)
 
@@ -258,7 +241,7 @@ def test_posterior_extreme_distances_match_the_host(emu, dtype):
     )
     mode, mean, post, status = emu.posterior(sq, 12, grid, want_posterior=True)
     assert status == 0
-    _assert_modes_agree(mode, want_mode)
+    assert_modes_agree(mode, want_mode)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(post, want_post, atol=1e-6)
     assert mode[0] == 0 and mode[-1] == 299 and mean[-1] == 299.0

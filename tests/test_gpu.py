@@ -18,6 +18,7 @@ import pytest
 import dtpm_fast
 from dtpm_fast import DTPMNonParametric, _core, _device, _gpu
 from dtpm_fast.schedule import PosteriorGrid
+from kernel_cases import assert_modes_agree, random_sqdist
 from oracles import knn_sqdist_oracle, neighbour_sqdist_oracle, posterior_oracle
 
 CUDA_USABLE, CUDA_REASON = _device.cuda_status()
@@ -266,24 +267,6 @@ def torch():
     return torch
 
 
-def _random_sqdist(rng, n, k, d, dtype):
-    """Squared distances spanning the grid, with zero, infinite and slightly negative rows mixed in."""
-    per_dim = rng.gamma(1.0, 0.3, size=(n, 1)) * rng.uniform(0.5, 1.5, size=(n, k))
-    sq = (per_dim * d).astype(dtype)
-    if n >= 3:
-        sq[0] = 0.0
-        sq[1, 0] = np.inf
-        sq[2, 0] = -1e-6
-    return sq
-
-
-def _assert_modes_agree(got, want):
-    """Equal except rare +-1 at grid boundaries (float rounding)."""
-    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
-    assert diff.max(initial=0) <= 1
-    assert np.count_nonzero(diff) <= max(1, len(want) // 1000)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -291,7 +274,7 @@ def _assert_modes_agree(got, want):
 @pytest.mark.parametrize(("k", "d"), [(1, 3), (5, 8), (5, 64), (7, 501)])
 def test_posterior_kernel_matches_host(torch, dtype, n, k, d):
     rng = np.random.default_rng(n * 1000 + d)
-    sq = _random_sqdist(rng, n, k, d, dtype)
+    sq = random_sqdist(rng, n, k, d, dtype)
     grid = PosteriorGrid.for_steps(300)
     want_mode, want_mean, want_post = _core.posterior(
         sq, d, grid.log_sigma2, grid.inv_sigma2, True, True, True
@@ -299,7 +282,7 @@ def test_posterior_kernel_matches_host(torch, dtype, n, k, d):
     mode, mean, post = _gpu.posterior(
         torch.from_numpy(sq).cuda(), d, grid.log_sigma2, grid.inv_sigma2, True, True, True
     )
-    _assert_modes_agree(mode.cpu().numpy(), want_mode)
+    assert_modes_agree(mode.cpu().numpy(), want_mode)
     np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(post.cpu().numpy(), want_post, atol=1e-6)
     _, oracle_mean, _ = posterior_oracle(sq, d)
@@ -307,7 +290,7 @@ def test_posterior_kernel_matches_host(torch, dtype, n, k, d):
     # mode/mean alone take the windowed one-thread-per-row kernel
     mode2, mean2, none = _gpu.posterior(torch.from_numpy(sq).cuda(), d, grid.log_sigma2, grid.inv_sigma2)
     assert none is None
-    _assert_modes_agree(mode2.cpu().numpy(), want_mode)
+    assert_modes_agree(mode2.cpu().numpy(), want_mode)
     np.testing.assert_allclose(mean2.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
 
 
@@ -316,11 +299,11 @@ def test_posterior_kernel_matches_host(torch, dtype, n, k, d):
 @pytest.mark.parametrize("T", [2, 3, 300, 2048, 2049, 5000])
 def test_posterior_kernel_grid_sizes_in_and_beyond_shared_memory(torch, T):
     rng = np.random.default_rng(T)
-    sq = _random_sqdist(rng, 513, 5, 16, np.float32)
+    sq = random_sqdist(rng, 513, 5, 16, np.float32)
     grid = PosteriorGrid.for_steps(T)
     want_mode, want_mean, _ = _core.posterior(sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, False)
     mode, mean, _ = _gpu.posterior(torch.from_numpy(sq).cuda(), 16, grid.log_sigma2, grid.inv_sigma2)
-    _assert_modes_agree(mode.cpu().numpy(), want_mode)
+    assert_modes_agree(mode.cpu().numpy(), want_mode)
     np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
 
 
@@ -331,11 +314,11 @@ def test_posterior_kernel_grid_sizes_in_and_beyond_shared_memory(torch, T):
 def test_posterior_kernel_matches_host_on_a_million_rows(torch, dtype):
     """More rows than the GPU keeps resident (~270k threads on an H200): the grid-stride loop repeats."""
     rng = np.random.default_rng(1_000_003)
-    sq = _random_sqdist(rng, 1_000_003, 5, 16, dtype)
+    sq = random_sqdist(rng, 1_000_003, 5, 16, dtype)
     grid = PosteriorGrid.for_steps(300)
     want_mode, want_mean, _ = _core.posterior(sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, False)
     mode, mean, _ = _gpu.posterior(torch.from_numpy(sq).cuda(), 16, grid.log_sigma2, grid.inv_sigma2)
-    _assert_modes_agree(mode.cpu().numpy(), want_mode)
+    assert_modes_agree(mode.cpu().numpy(), want_mode)
     np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
 
 
@@ -344,7 +327,7 @@ def test_posterior_kernel_matches_host_on_a_million_rows(torch, dtype):
 def test_full_posterior_beyond_shared_memory_matches_host(torch):
     """T = 3000 keeps the grid in global memory; 20k rows are more than the resident warps (one per row)."""
     rng = np.random.default_rng(3000)
-    sq = _random_sqdist(rng, 20_011, 5, 16, np.float32)
+    sq = random_sqdist(rng, 20_011, 5, 16, np.float32)
     grid = PosteriorGrid.for_steps(3000)
     want_mode, want_mean, want_post = _core.posterior(
         sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, True
@@ -352,7 +335,7 @@ def test_full_posterior_beyond_shared_memory_matches_host(torch):
     mode, mean, post = _gpu.posterior(
         torch.from_numpy(sq).cuda(), 16, grid.log_sigma2, grid.inv_sigma2, True, True, True
     )
-    _assert_modes_agree(mode.cpu().numpy(), want_mode)
+    assert_modes_agree(mode.cpu().numpy(), want_mode)
     np.testing.assert_allclose(mean.cpu().numpy(), want_mean, rtol=1e-4, atol=1e-4)
     post = post.cpu().numpy()
     np.testing.assert_allclose(post, want_post, atol=1e-6)
@@ -670,7 +653,7 @@ def test_detector_on_gpu_matches_cpu(torch, train_test, score):
         if score == "mean":
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         else:
-            _assert_modes_agree(got, want)
+            assert_modes_agree(got, want)
     assert gpu.threshold_ == pytest.approx(cpu.threshold_, rel=1e-4, abs=1e-4)
     np.testing.assert_allclose(gpu.posterior(X_test[:50]), cpu.posterior(X_test[:50]), atol=1e-6)
     np.testing.assert_allclose(gpu.explain(X_test[:50]), cpu.explain(X_test[:50]), rtol=1e-5, atol=1e-6)
