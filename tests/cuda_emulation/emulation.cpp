@@ -237,6 +237,8 @@ std::uint64_t exchange(unsigned mask, std::uint64_t bits, int source_lane, int w
   const int lane = static_cast<int>(self.coordinates.thread_idx.x % kWarpSize);
   if (width < 1 || width > kWarpSize || (width & (width - 1)) != 0)
     fail("shuffle width " + std::to_string(width) + " is not a power of two in [1, 32]");
+  if (source_lane < 0 || source_lane >= kWarpSize)
+    fail("shuffle source lane " + std::to_string(source_lane) + " is outside the warp");
   if (!(mask >> lane & 1u))
     fail("shuffle mask " + hex(mask) + " omits the calling lane " + std::to_string(lane));
   if (!(mask >> source_lane & 1u))
