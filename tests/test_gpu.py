@@ -58,6 +58,34 @@ def test_auto_falls_back_to_cpu_quietly(blobs):
     np.testing.assert_array_equal(auto.decision_function(X_test), cpu.decision_function(X_test))
 
 
+def test_auto_on_a_machine_without_a_device_does_not_import_torch():
+    """The native module answers "no device" in microseconds; torch would take seconds to import.
+
+    Run in a fresh interpreter, so that no other test has imported torch already.
+    """
+    import subprocess
+    import sys
+
+    if not _has_cuda_module():
+        pytest.skip("needs dtpm_fast's CUDA module (without it the CPU is chosen before any import)")
+    from dtpm_fast import _cuda
+
+    if _cuda.device_count() > 0:
+        pytest.skip("this machine has a CUDA device")
+    code = (
+        "import sys, numpy as np\n"
+        "from dtpm_fast import DTPMNonParametric\n"
+        "X = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)\n"
+        "DTPMNonParametric(device='auto').fit(X).decision_function(X)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+
+
 @pytest.mark.skipif(not _has_cuda_module(), reason="dtpm_fast was built without its CUDA module")
 def test_cuda_module_counts_devices_without_raising():
     from dtpm_fast import _cuda

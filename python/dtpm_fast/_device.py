@@ -16,14 +16,16 @@ def cuda_status(native: bool = True) -> tuple[bool, str]:
             from dtpm_fast import _cuda
         except ImportError as exc:
             return False, f"dtpm_fast was built without its CUDA module ({exc}); rebuild with nvcc available"
+        # Asked first: it costs microseconds, importing torch costs seconds (a CPU-only machine
+        # would otherwise pay that on every fit with device="auto").
+        if _cuda.device_count() == 0:  # no driver, no device, or a driver too old for our runtime
+            return False, f"dtpm_fast's CUDA module finds no usable GPU: {_cuda.device_status()}"
     try:
         import torch
     except ImportError:
         return False, "the CUDA path needs PyTorch with CUDA support (pip install torch)"
     if not torch.cuda.is_available():
         return False, "PyTorch sees no CUDA device (torch.cuda.is_available() is False)"
-    if native and _cuda.device_count() == 0:  # e.g. a driver too old for the CUDA runtime linked in
-        return False, f"dtpm_fast's CUDA module finds no usable GPU: {_cuda.device_status()}"
     return True, "ok"
 
 
