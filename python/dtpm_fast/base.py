@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-from scipy import special, stats
 
 from dtpm_fast._validation import check_is_fitted
 
@@ -85,6 +84,8 @@ class BaseDetector:
             span = train.max() - train.min()
             outlier = (scores - train.min()) / span if span > 0 else np.zeros_like(scores)
         elif method == "unify":
+            from scipy import special  # here, not at import: scipy.stats/special take ~0.8 s to import
+
             std = train.std()
             z = (scores - train.mean()) / (std if std > 0 else 1.0)
             outlier = special.erf(z / np.sqrt(2.0))
@@ -105,6 +106,8 @@ class BaseDetector:
         n_below = np.searchsorted(train_sorted, scores, side="right")
         p_outlier = (1.0 + n_below) / (2.0 + n)
         n_expected_inliers = n - int(n * self._check_contamination())
+        from scipy import stats  # here, not at import (see predict_proba)
+
         confidence = 1.0 - stats.binom.cdf(n_expected_inliers, n, p_outlier)
         is_outlier = scores > self.threshold_
         return np.where(is_outlier, confidence, 1.0 - confidence)
