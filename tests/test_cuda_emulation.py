@@ -164,6 +164,20 @@ def schedule(request, emu):
 
 
 # ---- posterior -----------------------------------------------------------------------------------
+def _assert_matches_host(emu, sq, d, grid, want_posterior=False):
+    """The emulated posterior of ``sq`` against ``_core``'s (status 0); returns (mode, mean, posterior)."""
+    want_mode, want_mean, want_post = _core.posterior(
+        sq, d, grid.log_sigma2, grid.inv_sigma2, True, True, want_posterior
+    )
+    mode, mean, post, status = emu.posterior(sq, d, grid, want_posterior=want_posterior)
+    assert status == 0
+    assert_modes_agree(mode, want_mode)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
+    if want_posterior:
+        np.testing.assert_allclose(post, want_post, atol=1e-6)
+    return mode, mean, post
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 3, 255, 257, 1601])  # 1601 > 3 blocks x 256 threads: the loop repeats
 @pytest.mark.parametrize(("k", "d"), [(1, 3), (5, 8), (7, 501)])
@@ -171,11 +185,7 @@ def test_posterior_mode_and_mean_match_the_host(emu, dtype, n, k, d):
     rng = np.random.default_rng(n * 1000 + d)
     sq = random_sqdist(rng, n, k, d, dtype)
     grid = PosteriorGrid.for_steps(300)
-    want_mode, want_mean, _ = _core.posterior(sq, d, grid.log_sigma2, grid.inv_sigma2, True, True, False)
-    mode, mean, _, status = emu.posterior(sq, d, grid)
-    assert status == 0
-    assert_modes_agree(mode, want_mode)
-    np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
+    mode, mean, _ = _assert_matches_host(emu, sq, d, grid)
     _, oracle_mean, _ = posterior_oracle(sq, d)
     np.testing.assert_allclose(mean, oracle_mean, rtol=1e-4, atol=1e-4)
     mode_only, none, _, _ = emu.posterior(sq, d, grid, want_mean=False)
@@ -187,15 +197,7 @@ def test_posterior_mode_and_mean_match_the_host(emu, dtype, n, k, d):
 def test_full_posterior_matches_the_host(emu, schedule, n):
     rng = np.random.default_rng(n)
     sq = random_sqdist(rng, n, 5, 16, np.float32)
-    grid = PosteriorGrid.for_steps(300)
-    want_mode, want_mean, want_post = _core.posterior(
-        sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, True
-    )
-    mode, mean, post, status = emu.posterior(sq, 16, grid, want_posterior=True)
-    assert status == 0
-    assert_modes_agree(mode, want_mode)
-    np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(post, want_post, atol=1e-6)
+    _, _, post = _assert_matches_host(emu, sq, 16, PosteriorGrid.for_steps(300), want_posterior=True)
     np.testing.assert_allclose(post.sum(axis=1), 1.0, rtol=1e-9)
 
 
@@ -204,17 +206,8 @@ def test_posterior_grid_sizes_in_and_beyond_shared_memory(emu, T):
     rng = np.random.default_rng(T)
     sq = random_sqdist(rng, 301, 5, 16, np.float32)
     grid = PosteriorGrid.for_steps(T)
-    want_mode, want_mean, want_post = _core.posterior(
-        sq, 16, grid.log_sigma2, grid.inv_sigma2, True, True, True
-    )
-    mode, mean, _, _ = emu.posterior(sq, 16, grid)
-    assert_modes_agree(mode, want_mode)
-    np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
-    rows = slice(0, 40)  # the full posterior on a few rows (T values each)
-    mode, mean, post, _ = emu.posterior(np.ascontiguousarray(sq[rows]), 16, grid, want_posterior=True)
-    assert_modes_agree(mode, want_mode[rows])
-    np.testing.assert_allclose(mean, want_mean[rows], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(post, want_post[rows], atol=1e-6)
+    _assert_matches_host(emu, sq, 16, grid)
+    _assert_matches_host(emu, sq[:40].copy(), 16, grid, want_posterior=True)  # T values per row: a few rows
 
 
 def test_posterior_degenerate_rows_and_nan(emu):
@@ -235,15 +228,7 @@ def test_posterior_extreme_distances_match_the_host(emu, dtype):
     """From subnormal to beyond the grid's last boundary (all mass at T-1 while finite)."""
     scale = np.logspace(-40 if dtype == np.float64 else -30, 30, 400)
     sq = (scale[:, None] * np.array([0.5, 1.0, 1.5])).astype(dtype)
-    grid = PosteriorGrid.for_steps(300)
-    want_mode, want_mean, want_post = _core.posterior(
-        sq, 12, grid.log_sigma2, grid.inv_sigma2, True, True, True
-    )
-    mode, mean, post, status = emu.posterior(sq, 12, grid, want_posterior=True)
-    assert status == 0
-    assert_modes_agree(mode, want_mode)
-    np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(post, want_post, atol=1e-6)
+    mode, mean, _ = _assert_matches_host(emu, sq, 12, PosteriorGrid.for_steps(300), want_posterior=True)
     assert mode[0] == 0 and mode[-1] == 299 and mean[-1] == 299.0
 
 

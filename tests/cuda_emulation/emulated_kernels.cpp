@@ -1,4 +1,5 @@
-// C entry points (for ctypes) to csrc/cuda's launchers compiled against the emulation.
+// C entry points (for ctypes) to csrc/cuda's launchers compiled against the emulation, and to the
+// emulator's self-check kernels (emulator_selfcheck.cpp).
 //
 // Each returns 0 on success, 1 for std::invalid_argument (the launchers' argument checks) and 2
 // for any other failure (an emulation error: deadlock, malformed shuffle), with the message
@@ -57,6 +58,11 @@ int neighbour_sqdist(const Real* queries, std::int64_t n, const Real* train, std
 
 }  // namespace
 
+namespace dtpm_emulation {
+/// Launches the self-check kernel `which` (emulator_selfcheck.cpp) on 128 threads writing out[128].
+void run_selfcheck(const std::string& which, float value, float* out);
+}  // namespace dtpm_emulation
+
 extern "C" {
 
 int dtpm_emu_set_schedule(int order, std::uint64_t seed, char* error, std::int64_t error_size) {
@@ -93,6 +99,10 @@ int dtpm_emu_neighbour_sqdist_f64(const double* queries, std::int64_t n, const d
                                   char* error, std::int64_t error_size) {
   return neighbour_sqdist(queries, n, train, n_train, d, ids, k, sqdist, contribution, status, error,
                           error_size);
+}
+
+int dtpm_emu_selfcheck(const char* name, float value, float* out, char* error, std::int64_t error_size) {
+  return guarded(error, error_size, [&] { dtpm_emulation::run_selfcheck(name, value, out); });
 }
 
 std::int64_t dtpm_emu_smallest_per_row_max_k() { return dtpm::cuda::smallest_per_row_max_k(); }

@@ -1,7 +1,6 @@
 // Small kernels that show the emulator catching what real hardware would get wrong or hang on,
-// and computing what it would get right. Launched from tests/test_cuda_emulation.py.
-#include <cstdint>
-#include <cstring>
+// and computing what it would get right. Launched from tests/test_cuda_emulation.py through
+// dtpm_emu_selfcheck (emulated_kernels.cpp).
 #include <stdexcept>
 #include <string>
 
@@ -65,37 +64,28 @@ __global__ void read_fresh_dynamic_shared(float* out) {
 
 }  // namespace
 
-extern "C" int dtpm_emu_selfcheck(const char* name, float value, float* out, char* error,
-                                  std::int64_t error_size) {
-  try {
-    const std::string which(name);
-    using dtpm::cuda::detail::launch_kernel;
-    if (which == "half_block_barrier")
-      launch_kernel(half_block_barrier, 1, kThreads, 0, nullptr, out);
-    else if (which == "barrier_inside_a_warp")
-      launch_kernel(barrier_inside_a_warp, 1, kThreads, 0, nullptr, out);
-    else if (which == "shuffle_after_a_lane_exits")
-      launch_kernel(shuffle_after_a_lane_exits, 1, kThreads, 0, nullptr, out);
-    else if (which == "mask_omits_the_caller")
-      launch_kernel(mask_omits_the_caller, 1, kThreads, 0, nullptr, out);
-    else if (which == "read_without_barrier")
-      launch_kernel(read_without_barrier, 1, kThreads, 0, nullptr, out, value);
-    else if (which == "read_after_barrier")
-      launch_kernel(read_after_barrier, 1, kThreads, 0, nullptr, out, value);
-    else if (which == "warp_sums")
-      launch_kernel(warp_sums, 1, kThreads, 0, nullptr, out);
-    else if (which == "read_fresh_dynamic_shared")
-      launch_kernel(read_fresh_dynamic_shared, 1, kThreads, kThreads * sizeof(float), nullptr, out);
-    else
-      throw std::invalid_argument("no self-check kernel named " + which);
-    return 0;
-  } catch (const std::exception& e) {
-    const std::string message = e.what();
-    const std::size_t n = message.size() < static_cast<std::size_t>(error_size - 1)
-                              ? message.size()
-                              : static_cast<std::size_t>(error_size - 1);
-    std::memcpy(error, message.data(), n);
-    error[n] = '\0';
-    return 2;
-  }
+namespace dtpm_emulation {
+
+void run_selfcheck(const std::string& which, float value, float* out) {
+  using dtpm::cuda::detail::launch_kernel;
+  if (which == "half_block_barrier")
+    launch_kernel(half_block_barrier, 1, kThreads, 0, nullptr, out);
+  else if (which == "barrier_inside_a_warp")
+    launch_kernel(barrier_inside_a_warp, 1, kThreads, 0, nullptr, out);
+  else if (which == "shuffle_after_a_lane_exits")
+    launch_kernel(shuffle_after_a_lane_exits, 1, kThreads, 0, nullptr, out);
+  else if (which == "mask_omits_the_caller")
+    launch_kernel(mask_omits_the_caller, 1, kThreads, 0, nullptr, out);
+  else if (which == "read_without_barrier")
+    launch_kernel(read_without_barrier, 1, kThreads, 0, nullptr, out, value);
+  else if (which == "read_after_barrier")
+    launch_kernel(read_after_barrier, 1, kThreads, 0, nullptr, out, value);
+  else if (which == "warp_sums")
+    launch_kernel(warp_sums, 1, kThreads, 0, nullptr, out);
+  else if (which == "read_fresh_dynamic_shared")
+    launch_kernel(read_fresh_dynamic_shared, 1, kThreads, kThreads * sizeof(float), nullptr, out);
+  else
+    throw std::invalid_argument("no self-check kernel named " + which);
 }
+
+}  // namespace dtpm_emulation
