@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import dtpm_fast
+from dtpm_fast.cli import main
 from dtpm_fast.io import tables as streaming
 from dtpm_fast.io.atomic import atomic_output
-from dtpm_fast.cli import main
 
 N_FEATURES = 5
 FEATURES = [f"f{j}" for j in range(N_FEATURES)]

@@ -142,3 +142,45 @@ def test_constant_feature(make_detector, blobs):
     detector = make_detector().fit(X_train)
     assert np.isfinite(detector.decision_scores_).all()
     assert np.isfinite(detector.decision_function(X_test)).all()
+
+
+# ---- rows as they enter: one check for every detector (BaseDetector._validate_rows) -------------
+def test_sparse_input_is_named_as_sparse(make_detector, blobs):
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(ValueError, match="sparse matrix.*toarray"):
+        make_detector().fit(sparse.csr_matrix(blobs[0]))
+
+
+def test_dataframe_missing_values_are_reported_as_missing(make_detector, blobs):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(blobs[0].astype(np.float64), columns=[f"f{i}" for i in range(6)]).astype("Float64")
+    frame.iloc[7, 2] = pd.NA
+    with pytest.raises(ValueError, match=r"NaN or infinity \(or a missing value\) in 1 row\(s\) \(first: row 7\)"):
+        make_detector().fit(frame)
+
+
+def test_finite_float64_beyond_float32_is_refused_as_too_large(make_detector, blobs):
+    X_train, X_test, _ = blobs
+    if isinstance(make_detector(), dtpm_fast.DDPMReconstruction):
+        pytest.skip("DDPMReconstruction validates in float64")
+    detector = make_detector().fit(X_train)
+    rows = X_test.astype(np.float64)
+    rows[3, 1] = 1e200
+    with pytest.raises(ValueError, match=r"finite values too large for float32.*first: row 3"):
+        detector.decision_function(rows)
+
+
+def test_dataframe_columns_are_checked_against_the_fitted_order(make_detector, blobs):
+    pd = pytest.importorskip("pandas")
+    X_train, X_test, _ = blobs
+    names = [f"f{i}" for i in range(6)]
+    detector = make_detector().fit(pd.DataFrame(X_train, columns=names))
+    assert list(detector.feature_names_in_) == names
+    test = pd.DataFrame(X_test, columns=names)
+    expected = detector.decision_function(test)
+    with pytest.raises(ValueError, match="another order"):
+        detector.decision_function(test[names[::-1]])
+    with pytest.raises(ValueError, match="other columns"):
+        detector.decision_function(test.rename(columns={"f0": "g0"}))
+    np.testing.assert_array_equal(detector.decision_function(test[names[::-1]][detector.feature_names_in_]), expected)
+    assert not hasattr(make_detector().fit(X_train), "feature_names_in_")  # plain arrays have no names

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import dtpm_fast
+from dtpm_fast._validation import NotFittedError
 from dtpm_fast.io import model_files
 from dtpm_fast.io.load import load as load_model
-from dtpm_fast._validation import NotFittedError
 
 
 @pytest.fixture(scope="module")

@@ -35,14 +35,26 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
     -------
     numpy.ndarray of shape (n_samples, n_features), dtype ``dtype``, C-contiguous.
     """
-    if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith("torch"):
+    module = type(X).__module__
+    if module.startswith("scipy.sparse") or hasattr(X, "tocsr"):
+        raise ValueError(
+            f"{name} is a sparse matrix ({type(X).__name__}); dtpm_fast needs dense rows: pass "
+            f"{name}.toarray() (it takes n_samples x n_features x 4 bytes)."
+        )
+    if hasattr(X, "__cuda_array_interface__") or module.startswith("torch"):
         raise ValueError(
             f"{name} is a {type(X).__module__.split('.')[0]} array this call cannot take: pass a NumPy "
             "array (a CPU torch tensor: X.numpy()); only a detector with device='cuda' takes CUDA "
             "tensors and CuPy arrays."
         )
     try:
-        arr = np.asarray(X)
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a DataFrame: missing values (pd.NA) -> NaN
+            try:
+                arr = X.to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                arr = np.asarray(X)  # non-numeric columns: reported below
+        else:
+            arr = np.asarray(X)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} could not be converted to a numeric array: {exc}") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
@@ -60,14 +72,49 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {arr.ndim}-D.{hint}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {arr.shape}; need at least one row and one feature.")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         raise ValueError(
-            f"{name} contains NaN or infinity in {bad.size} row(s) (first: row {bad[0]}); "
+            f"{name} contains NaN or infinity (or a missing value) in {bad.size} row(s) (first: row {bad[0]}); "
             "impute or drop them before scoring."
         )
-    return arr
+    limit = np.finfo(dtype).max if np.issubdtype(np.dtype(dtype), np.floating) else None
+    if limit is not None and arr.dtype.itemsize > np.dtype(dtype).itemsize and arr.dtype.kind == "f":
+        too_large = np.abs(arr) > limit
+        if too_large.any():
+            bad = np.flatnonzero(too_large.any(axis=1))
+            raise ValueError(
+                f"{name} has finite values too large for {np.dtype(dtype).name} (|x| > {limit:.3g}) in "
+                f"{bad.size} row(s) (first: row {bad[0]}); dtpm_fast computes in {np.dtype(dtype).name}: "
+                "rescale those features."
+            )
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def feature_names(X) -> np.ndarray | None:
+    """The column names of a DataFrame-like ``X`` (all strings), else None (scikit-learn's rule)."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not hasattr(X, "to_numpy"):
+        return None
+    names = np.asarray(list(columns), dtype=object)
+    return names if names.size and all(isinstance(n, str) for n in names) else None
+
+
+def check_feature_names(names, fitted, name: str = "X") -> None:
+    """Raise ValueError if DataFrame column ``names`` differ from the ``fitted`` ones (order counts)."""
+    if names is None or fitted is None:
+        return
+    if len(names) != len(fitted) or any(a != b for a, b in zip(names, fitted)):
+        if sorted(map(str, names)) == sorted(map(str, fitted)):
+            problem = "the same columns in another order"
+        else:
+            missing = [n for n in fitted if n not in set(names)][:5]
+            extra = [n for n in names if n not in set(fitted)][:5]
+            problem = f"other columns (missing {missing}, unexpected {extra})"
+        raise ValueError(
+            f"{name} has {problem} than at fit; pass {name}[detector.feature_names_in_] "
+            "(the columns in the fitted order)."
+        )
 
 
 def check_n_features(X: np.ndarray, expected: int, name: str = "X") -> None:

@@ -19,7 +19,14 @@ import inspect
 import numpy as np
 
 from dtpm_fast import _core, _registry
-from dtpm_fast._validation import NotFittedError, check_is_fitted
+from dtpm_fast._validation import (
+    NotFittedError,
+    check_feature_names,
+    check_is_fitted,
+    check_matrix,
+    check_n_features,
+    feature_names,
+)
 from dtpm_fast.io import model_files
 
 PICKLE_FORMAT = 1
@@ -59,6 +66,26 @@ class BaseDetector:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+    # ---- input rows -------------------------------------------------------------------------
+    def _validate_rows(self, X, *, fitting: bool, dtype=np.float32) -> np.ndarray:
+        """X checked (``check_matrix``) as a C-contiguous ``dtype`` matrix.
+
+        Fitting records ``n_features_in_`` and, for a DataFrame with string column names,
+        ``feature_names_in_``; scoring checks both (columns must come in the fitted order).
+        """
+        names = feature_names(X)
+        X = check_matrix(X, "X", dtype)
+        if fitting:
+            self.n_features_in_ = X.shape[1]
+            if names is not None:
+                self.feature_names_in_ = names
+            else:
+                self.__dict__.pop("feature_names_in_", None)
+        else:
+            check_n_features(X, self.n_features_in_)
+            check_feature_names(names, getattr(self, "feature_names_in_", None))
+        return X
 
     # ---- PyOD conventions -------------------------------------------------------------------
     def _check_contamination(self) -> float:

@@ -27,7 +27,7 @@ from dtpm_fast._torch_utils import (
     resolve_seed,
     seeded_torch,
 )
-from dtpm_fast._validation import check_int, check_is_fitted, check_matrix, check_n_features
+from dtpm_fast._validation import check_int, check_is_fitted
 from dtpm_fast.base import BaseDetector
 from dtpm_fast.standardize import Standardizer
 
@@ -469,7 +469,7 @@ class DDPMReconstruction(BaseDetector):
         """
         require_torch()
         self._check_params()
-        X = check_matrix(X, "X", dtype=np.float64)
+        X = self._validate_rows(X, fitting=True, dtype=np.float64)
         if X.shape[0] < 2:
             raise ValueError(f"X needs at least 2 rows to train (batch norm), got {X.shape[0]}")
         device = resolve_device(self.device, native=False)
@@ -561,8 +561,7 @@ class DDPMReconstruction(BaseDetector):
         self._check_unchanged()
         check_int(self.inference_batch_size, "inference_batch_size", 1)
         _seed_from(self.random_state)  # validates it
-        X = check_matrix(X, "X", dtype=np.float64)
-        check_n_features(X, self.n_features_in_)
+        X = self._validate_rows(X, fitting=False, dtype=np.float64)
         x = torch.as_tensor(self.standardizer_.transform(X, np.float32), device=self.device_)
         return self._score_standardized(x)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dtpm_fast._device import resolve_device
-from dtpm_fast._validation import check_choice, check_int, check_is_fitted, check_matrix, check_n_features
+from dtpm_fast._validation import check_choice, check_int, check_is_fitted
 from dtpm_fast.base import BaseDetector
 from dtpm_fast.nonparametric import indexes
 from dtpm_fast.nonparametric.gpu.arrays import is_device_array, to_numpy
@@ -121,7 +121,7 @@ class DTPMNonParametric(BaseDetector):
         Standardises, builds the neighbour index and scores the training rows leave-one-out.
         """
         self._check_params()
-        X = check_matrix(to_numpy(X) if is_device_array(X) else X, "X")  # state lives on the host
+        X = self._validate_rows(to_numpy(X) if is_device_array(X) else X, fitting=True)  # state on the host
         n, d = X.shape
         if d <= 2:
             raise ValueError(
@@ -208,9 +208,7 @@ class DTPMNonParametric(BaseDetector):
         self._backend.batch_size = check_int(self.batch_size, "batch_size", 1)
         if self._backend.device_name != "cpu" and is_device_array(X):
             return X  # the GPU backend checks device arrays where they live
-        X = check_matrix(X, "X")
-        check_n_features(X, self.n_features_in_)
-        return X
+        return self._validate_rows(X, fitting=False)
 
     # ---- persistence hooks ------------------------------------------------------------------
     def _get_state(self):

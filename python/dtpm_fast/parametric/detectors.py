@@ -19,7 +19,7 @@ from dtpm_fast._torch_utils import (
     resolve_torch_device,
     seeded_torch,
 )
-from dtpm_fast._validation import check_int, check_is_fitted, check_matrix, check_n_features
+from dtpm_fast._validation import check_int, check_is_fitted
 from dtpm_fast.base import BaseDetector
 from dtpm_fast.standardize import Standardizer
 
@@ -93,7 +93,7 @@ class _ParametricDTPM(BaseDetector):
         from dtpm_fast.parametric.training import train_network
 
         self._check_params()
-        X = check_matrix(X, "X")
+        X = self._validate_rows(X, fitting=True)
         d = X.shape[1]
         self._check_n_features_for_fit(d)
         device = resolve_torch_device(self.device)
@@ -136,8 +136,7 @@ class _ParametricDTPM(BaseDetector):
     def _checked(self, X) -> np.ndarray:
         check_is_fitted(self, "_module")
         self._check_unchanged()
-        X = check_matrix(X, "X")
-        check_n_features(X, self.n_features_in_)
+        X = self._validate_rows(X, fitting=False)
         return X
 
     def _score(self, X: np.ndarray) -> np.ndarray:

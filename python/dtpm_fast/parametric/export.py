@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dtpm_fast._torch_utils import batched_inference, require_torch, resolve_torch_device
-from dtpm_fast._validation import check_is_fitted, check_matrix, check_n_features
+from dtpm_fast._validation import check_is_fitted
 from dtpm_fast.base import BaseDetector
 
 FORMATS = ("pt2", "torchscript")
@@ -288,6 +288,5 @@ class ExportedScorer(BaseDetector):
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores, shape (n_samples,), float64 (computed in float32); higher = more anomalous."""
         check_is_fitted(self, "_module")
-        X = check_matrix(X, "X")
-        check_n_features(X, self.n_features_in_)
+        X = self._validate_rows(X, fitting=False)
         return batched_inference(self._module, X, device=self._torch_device).astype(np.float64)
