@@ -66,12 +66,8 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
                 "Encode categorical columns first."
             ) from None
     if np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name} must be real-valued, got complex dtype {arr.dtype}.")
-    if arr.ndim != 2:
-        hint = " Reshape a single sample with X.reshape(1, -1)." if arr.ndim == 1 else ""
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {arr.ndim}-D.{hint}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {arr.shape}; need at least one row and one feature.")
+        raise ValueError(f"Complex data not supported: {name} must be real-valued, got dtype {arr.dtype}.")
+    check_shape(arr.shape, name)
     if not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         raise ValueError(
@@ -89,6 +85,18 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
                 "rescale those features."
             )
     return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_shape(shape: tuple, name: str = "X") -> None:
+    """Raise ValueError unless ``shape`` is that of a non-empty 2-D (n_samples, n_features) matrix."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 2:
+        hint = " Reshape your data: a single sample is X.reshape(1, -1)." if len(shape) == 1 else ""
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {len(shape)}-D.{hint}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty: 0 sample(s) (shape={shape}) while a minimum of 1 is required.")
+    if shape[1] == 0:
+        raise ValueError(f"{name} is empty: 0 feature(s) (shape={shape}) while a minimum of 1 is required.")
 
 
 def feature_names(X) -> np.ndarray | None:
@@ -117,10 +125,13 @@ def check_feature_names(names, fitted, name: str = "X") -> None:
         )
 
 
-def check_n_features(X: np.ndarray, expected: int, name: str = "X") -> None:
+def check_n_features(X: np.ndarray, expected: int, name: str = "X", owner: str = "the detector") -> None:
     """Raise ValueError if ``X`` does not have the number of features seen in ``fit``."""
     if X.shape[1] != expected:
-        raise ValueError(f"{name} has {X.shape[1]} features, but the detector was fitted with {expected}.")
+        raise ValueError(
+            f"{name} has {X.shape[1]} features, but {owner} is expecting {expected} features as input "
+            "(the number it was fitted with)."
+        )
 
 
 def check_int(value, name: str, minimum: int) -> int:

@@ -67,6 +67,34 @@ class BaseDetector:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    # ---- scikit-learn estimator protocol, without importing scikit-learn ------------------
+    # (importing sklearn.base takes ~1.5 s and scipy.stats with it; these hooks import it only
+    # when scikit-learn itself calls them, so it is already loaded.)
+    def __sklearn_tags__(self):
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type="outlier_detector",
+            target_tags=TargetTags(required=False),
+            input_tags=InputTags(two_d_array=True, allow_nan=False, sparse=False),
+            non_deterministic=self._non_deterministic,
+        )
+
+    _non_deterministic = False
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "threshold_")
+
+    def _repr_html_(self) -> str:
+        """The HTML view of notebooks: scikit-learn's when installed, else the plain repr."""
+        try:
+            from sklearn.utils import estimator_html_repr
+        except ImportError:
+            import html
+
+            return f"<pre>{html.escape(repr(self))}</pre>"
+        return estimator_html_repr(self)
+
     # ---- input rows -------------------------------------------------------------------------
     def _validate_rows(self, X, *, fitting: bool, dtype=np.float32) -> np.ndarray:
         """X checked (``check_matrix``) as a C-contiguous ``dtype`` matrix.
@@ -83,7 +111,7 @@ class BaseDetector:
             else:
                 self.__dict__.pop("feature_names_in_", None)
         else:
-            check_n_features(X, self.n_features_in_)
+            check_n_features(X, self.n_features_in_, owner=type(self).__name__)
             check_feature_names(names, getattr(self, "feature_names_in_", None))
         return X
 
@@ -132,17 +160,22 @@ class BaseDetector:
         """Fit on X and return the training labels (0 inlier, 1 outlier)."""
         return self.fit(X, y).labels_
 
-    def predict(self, X) -> np.ndarray:
-        """Binary labels, shape (n_samples,), int64: 1 where the score exceeds ``threshold_``."""
-        check_is_fitted(self, "threshold_")
-        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+    def predict(self, X, return_confidence: bool = False):
+        """Binary labels, shape (n_samples,), int64: 1 where the score exceeds ``threshold_``.
 
-    def predict_proba(self, X, method: str = "linear") -> np.ndarray:
+        ``return_confidence=True`` also returns :meth:`predict_confidence` (PyOD's signature).
+        """
+        check_is_fitted(self, "threshold_")
+        labels = (self.decision_function(X) > self.threshold_).astype(np.int64)
+        return (labels, self.predict_confidence(X)) if return_confidence else labels
+
+    def predict_proba(self, X, method: str = "linear", return_confidence: bool = False):
         """Outlier probability, shape (n_samples, 2): columns [inlier, outlier].
 
         ``method="linear"`` min-max scales the scores with the training scores' range;
         ``method="unify"`` maps the training-standardised score through the Gaussian CDF
-        (Kriegel et al. 2011), as PyOD does.
+        (Kriegel et al. 2011), as PyOD does. ``return_confidence=True`` also returns
+        :meth:`predict_confidence` (PyOD's signature).
         """
         check_is_fitted(self, "decision_scores_")
         scores = self.decision_function(X)
@@ -159,7 +192,8 @@ class BaseDetector:
         else:
             raise ValueError(f"method must be 'linear' or 'unify', got {method!r}")
         outlier = np.clip(outlier, 0.0, 1.0)
-        return np.column_stack([1.0 - outlier, outlier])
+        proba = np.column_stack([1.0 - outlier, outlier])
+        return (proba, self.predict_confidence(X)) if return_confidence else proba
 
     def predict_confidence(self, X) -> np.ndarray:
         """Confidence in each predicted label, shape (n_samples,), in [0, 1] (ExCeeD, Perini et al. 2020).

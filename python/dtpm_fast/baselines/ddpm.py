@@ -471,7 +471,7 @@ class DDPMReconstruction(BaseDetector):
         self._check_params()
         X = self._validate_rows(X, fitting=True, dtype=np.float64)
         if X.shape[0] < 2:
-            raise ValueError(f"X needs at least 2 rows to train (batch norm), got {X.shape[0]}")
+            raise ValueError(f"X needs at least 2 rows to train (batch norm), got n_samples = {X.shape[0]}")
         device = resolve_device(self.device, native=False)
         standardizer = Standardizer.fit(X) if self.standardize else Standardizer.identity(X.shape[1])
         x_train = torch.as_tensor(standardizer.transform(X, np.float32), device=device)
@@ -617,7 +617,7 @@ class DDPMReconstruction(BaseDetector):
         n_features = int(meta["n_features_in"])
         network = model._build_network(n_features)
         prefix = "network."
-        state = {k[len(prefix) :]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: torch.tensor(np.asarray(v)) for k, v in arrays.items() if k.startswith(prefix)}
         network.load_state_dict(state, strict=True)
         network.to(device).eval()
         model.device_ = device

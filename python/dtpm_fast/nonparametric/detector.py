@@ -129,7 +129,7 @@ class DTPMNonParametric(BaseDetector):
             )
         if self.n_neighbors >= n:
             raise ValueError(
-                f"n_neighbors={self.n_neighbors} must be smaller than the number of training rows ({n}): "
+                f"n_neighbors={self.n_neighbors} must be smaller than the number of training rows (n_samples = {n}): "
                 "each training row is scored against the others."
             )
         device = resolve_device(self.device)

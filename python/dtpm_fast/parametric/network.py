@@ -64,8 +64,10 @@ class _Standardized(nn.Module):
     def __init__(self, net: nn.Sequential, mean: np.ndarray, scale: np.ndarray) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, dtype=np.float32)))
-        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, dtype=np.float32)))
+        # Copies (torch.tensor), never views: a view of a read-only array (a memory-mapped model
+        # state) would be written by load_state_dict and crash the process.
+        self.register_buffer("mean", torch.tensor(np.asarray(mean, dtype=np.float32)))
+        self.register_buffer("scale", torch.tensor(np.asarray(scale, dtype=np.float32)))
 
     def network_output(self, x: torch.Tensor) -> torch.Tensor:
         """Raw network output for raw rows x: (n, d) -> (n, n_outputs)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dtpm_fast._validation import check_n_features, check_shape
 from dtpm_fast.nonparametric.gpu.arrays import (
     array_kind,
     as_tensor,
@@ -110,18 +111,9 @@ class NonParametricEngine:
                 f"{name} is on {t.device} but the detector was fitted on {self.device}; move it there"
             )
         if t.is_complex():
-            raise ValueError(f"{name} must be real-valued, got complex dtype {t.dtype}.")
-        if t.ndim != 2:
-            hint = " Reshape a single sample with X.reshape(1, -1)." if t.ndim == 1 else ""
-            raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {t.ndim}-D.{hint}")
-        if t.shape[0] == 0 or t.shape[1] == 0:
-            raise ValueError(
-                f"{name} is empty: shape {tuple(t.shape)}; need at least one row and one feature."
-            )
-        if t.shape[1] != self.n_features:
-            raise ValueError(
-                f"{name} has {t.shape[1]} features, but the detector was fitted with {self.n_features}."
-            )
+            raise ValueError(f"Complex data not supported: {name} must be real-valued, got dtype {t.dtype}.")
+        check_shape(tuple(t.shape), name)
+        check_n_features(t, self.n_features, name)
         t = t.to(torch.float32).contiguous()
         finite = torch.isfinite(t).all(dim=1)
         if not bool(finite.all()):
