@@ -16,9 +16,9 @@ with its constructor defaults, which at the paper's version of their code were t
 Data: ``dtpm_fast.evaluation.protocol.prepare_split(X, y, seed, "semi")`` (the paper's rows:
 PyOD's KNN reproduces the paper's KNN column on them). One JSON line per run, resumable.
 
-    OMP_NUM_THREADS=1 python bench/ig_authors_recipe.py --out bench/results/ig_authors_recipe.jsonl \
+    OMP_NUM_THREADS=1 python studies/parametric_quality/ig_authors_recipe.py --out studies/parametric_quality/ig_authors_recipe.jsonl \
         --datasets 14_glass,15_Hepatitis --seeds 0,1,2,3,4
-    python bench/ig_authors_recipe.py --out bench/results/ig_authors_recipe.jsonl --report
+    python studies/parametric_quality/ig_authors_recipe.py --out studies/parametric_quality/ig_authors_recipe.jsonl --report
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data" / "adbench" / "Classical"
-PAPER_CSV = REPO.parent / "shared" / "reference" / "dte_paper_semi_aucroc.csv"
-EVAL_RUNS = REPO / "bench" / "results" / "eval_parametric_semi" / "runs.csv"
+PAPER_CSV = REPO / "tests" / "data" / "dte_paper_semi_aucroc.csv"
+EVAL_RUNS = REPO / "studies" / "adbench_evaluation" / "eval_parametric_semi" / "runs.csv"
 
 
 def train_and_score(X_train: np.ndarray, X_test: np.ndarray, seed: int, epochs: int, T: int = 400):

@@ -8,14 +8,14 @@ work, not on a test set so small that per-call overhead dominates.
 
 Rows are appended to ``--out`` (CSV) as each run finishes; a rerun skips what is there, so the
 job can be stopped and resumed, and models can be added later. ``--report`` turns the CSV into
-the markdown table of ``bench/results/ddpm_comparison.md``.
+the markdown table of ``studies/ddpm_comparison/ddpm_comparison.md``.
 
-Usage (what produced bench/results/ddpm_comparison.md)::
+Usage (what produced studies/ddpm_comparison/ddpm_comparison.md)::
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/ddpm_comparison.py \
+    OMP_NUM_THREADS=1 nice -n 10 python studies/ddpm_comparison/ddpm_comparison.py \
         --datasets 42_WBC 39_vertebral 14_glass 45_wine 15_Hepatitis 21_Lymphography \
-        --seeds 0 1 2 --models ddpm categorical np --out bench/results/ddpm_runs.csv
-    python bench/ddpm_comparison.py --report bench/results/ddpm_runs.csv
+        --seeds 0 1 2 --models ddpm categorical np --out studies/ddpm_comparison/ddpm_runs.csv
+    python studies/ddpm_comparison/ddpm_comparison.py --report studies/ddpm_comparison/ddpm_runs.csv
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "adbench"
-DEFAULT_PAPER = REPO.parent / "shared" / "reference" / "dte_paper_semi_aucroc.csv"
+DEFAULT_PAPER = REPO / "tests" / "data" / "dte_paper_semi_aucroc.csv"
 COLUMNS = (
     "dataset",
     "seed",
@@ -350,7 +350,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bench-rows", type=int, default=2048, help="rows per throughput call")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ddpm_runs.csv"))
+    parser.add_argument("--out", default=str(REPO / "studies" / "ddpm_comparison" / "ddpm_runs.csv"))
     parser.add_argument("--report", metavar="CSV", help="print the markdown report of CSV and exit")
     parser.add_argument("--paper", default=str(DEFAULT_PAPER))
     parser.add_argument(

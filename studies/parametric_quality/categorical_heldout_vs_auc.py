@@ -3,10 +3,10 @@
 Trains the default DTE-C network (logits cross-entropy, authors' recipe) on 90% of the
 semi-supervised training rows (seed 0) and, at a few epochs, prints the cross-entropy on the held-out
 10% (20 fixed noise draws per row, so the numbers are comparable across epochs) beside the test
-AUC-ROC of the expected-bin score. A question for bench/results/parametric_quality.md, not a
+AUC-ROC of the expected-bin score. A question for studies/parametric_quality/parametric_quality.md, not a
 library feature.
 
-    python bench/categorical_heldout_vs_auc.py --datasets 6_cardio,38_thyroid
+    python studies/parametric_quality/categorical_heldout_vs_auc.py --datasets 6_cardio,38_thyroid
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dtpm_fast.parametric.network import build_mlp
 from dtpm_fast.parametric.training import categorical_loss, make_optimizer
 from dtpm_fast.schedule import ve_sigma2
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench" / "Classical"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench" / "Classical"
 T, BINS, CHECKPOINTS = 400, 7, (10, 25, 50, 100, 200, 400)
 
 

@@ -1,11 +1,11 @@
 """Issue-2 measurements of the non-parametric detector that are not pytest-benchmark groups:
 
-1. speed against the authors' pipeline (bench/authors_style.py) and a bare FAISS pipeline,
+1. speed against the authors' pipeline (authors_style.py, next to this file) and a bare FAISS pipeline,
    fit + score, at n_train = n_query = 10k, d = 32 and on 38_thyroid and 6_cardio;
 2. peak memory while scoring 1M rows (beyond the fitted index and the input);
 3. the index choice behind index="auto": flat vs KD-tree vs HNSW by dimension.
 
-Usage: python bench/np_targets.py [--quick] [--only speed,memory,index] [--out bench/results/np_targets.md]
+Usage: python studies/np_targets/np_targets.py [--quick] [--only speed,memory,index] [--out studies/np_targets/np_targets.md]
 Reads ADBench files from ../shared/data/adbench (next to the repository).
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared"
+SHARED = HERE.parents[2] / "shared"
 sys.path.insert(0, str(HERE))
 
 
@@ -169,7 +169,7 @@ def index_choice(quick: bool) -> list[str]:
         X, y = X[order].astype(np.float32), y[order]
         half = len(X) // 2
         cases.append((name, X[:half], X[half:], y[half:]))
-    for d in (4, 8, 12, 16, 24):  # above, a KD-tree is a slow brute force (bench/README.md)
+    for d in (4, 8, 12, 16, 24):  # above, a KD-tree is a slow brute force (studies/index_choice/README.md)
         X = rng.standard_normal((2 * cap // 2, d), dtype=np.float32)
         cases.append((f"gaussian d={d}", X[: cap // 2], X[cap // 2 :], None))
     for name, X_train, X_test, y_test in cases:
@@ -217,7 +217,7 @@ def main() -> None:
     report = [
         "# Non-parametric detector: speed, memory, index choice",
         "",
-        f"Command: `python bench/np_targets.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python studies/np_targets/np_targets.py {' '.join(sys.argv[1:])}`",
         "",
         f"Machine: {machine()}",
         "",

@@ -3,9 +3,9 @@
 Times build + one search of k = 6 neighbours (the detector's leave-one-out search is
 n_neighbors + 1 = 6) for n_query = 10k queries, on standard-normal data (the worst case for a
 KD-tree) and on ADBench data sets of low dimension (where a KD-tree does best). The table
-behind ``index="auto"`` (bench/README.md, "Choosing the index").
+behind ``index="auto"`` (studies/index_choice/README.md).
 
-Usage: python bench/index_choice.py [--quick] [--out bench/results/index_choice.md]
+Usage: python studies/index_choice/index_choice.py [--quick] [--out studies/index_choice/index_choice.md]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared"
+SHARED = HERE.parents[2] / "shared"
 K = 6
 N_QUERY = 10_000
 # A KD-tree degrades to a slow brute force with dimension: measured only where it can win.
@@ -79,7 +79,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     lines = [
-        f"Command: `python bench/index_choice.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python studies/index_choice/index_choice.py {' '.join(sys.argv[1:])}`",
         "",
         f"dtpm_fast {dtpm_fast.__version__}, {dtpm_fast.build_info()}",
         "",

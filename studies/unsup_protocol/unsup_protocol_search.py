@@ -48,11 +48,11 @@ variant, detector and seed; rerunning skips finished rows), ``summary.md`` (rank
 per-data-set differences, the K sweep). Run single-threaded and niced on a shared machine::
 
     # 1. the protocol grid, default KNN and LOF, 7 probe data sets (~4 min on one core)
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 python bench/unsup_protocol_search.py \
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 python studies/unsup_protocol/unsup_protocol_search.py \
         --datasets 42_WBC,21_Lymphography,14_glass,37_Stamps,6_cardio,27_PageBlocks,38_thyroid \
         --detectors knn,lof --out /tmp/unsup_search/grid
     # 2. K sweep under the current protocol (add data sets as time allows)
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 python bench/unsup_protocol_search.py \
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 python studies/unsup_protocol/unsup_protocol_search.py \
         --datasets 42_WBC,21_Lymphography,14_glass,37_Stamps,6_cardio,27_PageBlocks,38_thyroid,16_http \
         --detectors knn,knn10,knn20,knn30,knn31,knn32,knn33,knn40 \
         --variants 'rs=yes/sc=std-all/sp=boot-all/rng=cont' --out /tmp/unsup_search/k
@@ -72,10 +72,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "adbench" / "Classical"
-DEFAULT_REFERENCE = SHARED / "reference"
+DEFAULT_REFERENCE = REPO / "tests" / "data"
 # Small resampled data sets (where duplicated rows matter most) and mid-size ones. 16_http
 # (50,000 rows after the cap) discriminates too but costs minutes per variant.
 DEFAULT_DATASETS = "42_WBC,21_Lymphography,14_glass,37_Stamps,6_cardio,27_PageBlocks,38_thyroid"

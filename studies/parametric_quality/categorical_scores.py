@@ -4,9 +4,9 @@ Trains `DTPMCategorical` (the default recipe, logits cross-entropy) on the semi-
 each data set (seed 0) and scores the test rows four ways from the same predicted distribution
 over bins: the expected bin (the score ALGORITHM.md section 4 defines and the library returns),
 1 - p(bin 0), the argmax bin, and the expected bin of the sharpened distribution p^4. A question
-for bench/results/parametric_quality.md, not a library feature.
+for studies/parametric_quality/parametric_quality.md, not a library feature.
 
-    python bench/categorical_scores.py --datasets 38_thyroid,6_cardio,39_vertebral
+    python studies/parametric_quality/categorical_scores.py --datasets 38_thyroid,6_cardio,39_vertebral
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from dtpm_fast import DTPMCategorical
 from dtpm_fast.evaluation.protocol import load_dataset, prepare_split
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "adbench" / "Classical"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench" / "Classical"
 
 
 def read_outs(p: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
 Usage (data goes to --workdir, never into the repository)::
 
-    nice -n 10 python bench/streaming_bench.py all --rows 10000000 --train 2000 --workdir /tmp/dtpm_stream
+    nice -n 10 python studies/streaming/streaming_bench.py all --rows 10000000 --train 2000 --workdir /tmp/dtpm_stream
 
 Steps: write an N-row, 32-column float32 Parquet file (and its first 1M rows as a second
 file), fit the exact ("flat") and approximate ("hnsw") non-parametric models on
@@ -14,7 +14,7 @@ file), fit the exact ("flat") and approximate ("hnsw") non-parametric models on
 Peak memory is each child's max RSS (``os.wait4``). Concurrency: one fitted model scored
 from 1, 2 and 4 Python threads (OpenMP/FAISS at one thread each, so any scaling comes from
 the native code releasing the GIL). Results: JSON in the workdir and a Markdown table on
-stdout (recorded in bench/results/streaming.md).
+stdout (recorded in studies/streaming/streaming.md).
 """
 
 from __future__ import annotations

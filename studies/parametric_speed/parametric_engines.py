@@ -3,8 +3,8 @@
 On a shared machine the load changes between pytest-benchmark tests; alternating the three
 engines call by call exposes them to the same load, so their ratio is what this measures.
 
-    python bench/parametric_engines.py --kind categorical --rows 65536 --repeats 6
-    OMP_NUM_THREADS=1 python bench/parametric_engines.py --timer cpu   # CPU seconds of one thread
+    python studies/parametric_speed/parametric_engines.py --kind categorical --rows 65536 --repeats 6
+    OMP_NUM_THREADS=1 python studies/parametric_speed/parametric_engines.py --timer cpu   # CPU seconds of one thread
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ is appended to a JSON-lines file at once, and runs already in it are skipped, so
 be stopped and resumed. ``--report`` turns the file into the markdown table beside the
 paper's DTE-C / DTE-IG columns.
 
-Example (what bench/results/parametric_quality.md records)::
+Example (what studies/parametric_quality/parametric_quality.md records)::
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/parametric_quality.py \
-        --out bench/results/parametric_quality.jsonl --seeds 0,1,2
-    python bench/parametric_quality.py --out bench/results/parametric_quality.jsonl --report
+    OMP_NUM_THREADS=1 nice -n 10 python studies/parametric_quality/parametric_quality.py \
+        --out studies/parametric_quality/parametric_quality.jsonl --seeds 0,1,2
+    python studies/parametric_quality/parametric_quality.py --out studies/parametric_quality/parametric_quality.jsonl --report
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data" / "adbench" / "Classical"
-PAPER_CSV = REPO.parent / "shared" / "reference" / "dte_paper_semi_aucroc.csv"
+PAPER_CSV = REPO / "tests" / "data" / "dte_paper_semi_aucroc.csv"
 
 #: Small ADBench data sets (all < 1000 rows, so each is resampled to 1000 rows per seed):
 #: CPU time is scarce on the shared 2-core machine. Paper names in the CSV are lower case.
