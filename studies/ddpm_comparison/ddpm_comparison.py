@@ -1,6 +1,6 @@
 """DDPM reconstruction vs. DTPM: AUC-ROC and inference speed on the same data and machine.
 
-For every (dataset, seed) the ADBench protocol of ALGORITHM.md section 6 prepares the split;
+For every (dataset, seed) the ADBench protocol of docs/METHOD.md section 6 prepares the split;
 each model is fitted on the training rows (timed) and scores the test rows (timed, AUC-ROC).
 For the first seed of each dataset the inference throughput is also measured on a fixed-size
 batch (the test rows tiled to ``--bench-rows`` rows) so that every model is timed on the same
@@ -101,7 +101,7 @@ def measure_throughput(
 
 def run_one(name, split, seed, epochs, device, bench_rows) -> list[dict]:
     """Rows for one fitted model. ``ddpm`` also yields ``ddpm-ancestral``: the same network scored
-    with the sampling noise z of ALGORITHM.md section 5 (no extra training)."""
+    with the sampling noise z of docs/METHOD.md section 5 (no extra training)."""
     from dtpm_fast.evaluation.metrics import all_metrics
 
     X_train = np.ascontiguousarray(split.X_train, dtype=np.float32)

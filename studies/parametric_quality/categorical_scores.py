@@ -2,7 +2,7 @@
 
 Trains `DTPMCategorical` (the default recipe, logits cross-entropy) on the semi-supervised split of
 each data set (seed 0) and scores the test rows four ways from the same predicted distribution
-over bins: the expected bin (the score ALGORITHM.md section 4 defines and the library returns),
+over bins: the expected bin (the score docs/METHOD.md section 4 defines and the library returns),
 1 - p(bin 0), the argmax bin, and the expected bin of the sharpened distribution p^4. A question
 for studies/parametric_quality/parametric_quality.md, not a library feature.
 

@@ -5,7 +5,7 @@
 training code: plain ``nn.Sequential`` with ``nn.Dropout``, a shuffling ``DataLoader``, unfused
 Adam, the schedule and loss written out here, and both scores: ``s`` as the authors' public
 code returns it (the signed network output) and ``s^2`` (what ``beta_hat / (a + 1)`` ranks by).
-Facts restated (ALGORITHM.md sections 2 and 4; the authors' ``run.py`` builds ``DTEInverseGamma``
+Facts restated (docs/METHOD.md sections 2 and 4; the authors' ``run.py`` builds ``DTEInverseGamma``
 with its constructor defaults, which at the paper's version of their code were the default MLP,
 400 epochs, batch 64, lr 1e-4, weight decay 5e-4, T = 400):
 

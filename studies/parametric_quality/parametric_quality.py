@@ -3,7 +3,7 @@
 Runs DTE-C (cross-entropy on logits, ours), DTE-IG and, for the comparison the issue asks
 for, DTE-C with the authors' double softmax, with the default recipe (400 epochs, batch 64,
 lr 1e-4, weight decay 5e-4, T = 400), on ADBench data sets split by
-``dtpm_fast.evaluation.protocol.prepare_split`` (ALGORITHM.md section 6). Every finished run
+``dtpm_fast.evaluation.protocol.prepare_split`` (docs/METHOD.md section 6). Every finished run
 is appended to a JSON-lines file at once, and runs already in it are skipped, so the job can
 be stopped and resumed. ``--report`` turns the file into the markdown table beside the
 paper's DTE-C / DTE-IG columns.

@@ -23,7 +23,7 @@ Variant axes (all combined; combinations giving identical rows are computed once
 * ``sc`` (scaler) -- ``std-all`` / ``minmax-all``: fitted on all (resampled) rows before the
   split (the authors' unsupervised run: their generator is called with ``test_size=0``);
   ``std-train`` / ``minmax-train``: fitted on the training rows after the split (ADBench's
-  generator with a real split; ALGORITHM.md's wording); ``none``.
+  generator with a real split; docs/METHOD.md's wording); ``none``.
 * ``sp`` (split) -- ``boot-all``: bootstrap training rows, test = all rows (current protocol);
   ``boot-oob``: bootstrap training rows, test = out-of-bag rows; ``bootdedup-all``: the
   distinct bootstrap rows, test = all rows; ``all-loo``: train = test = all rows, scores =
