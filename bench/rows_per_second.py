@@ -16,8 +16,10 @@ def table(path: str) -> str:
     with open(path) as handle:
         data = json.loads(handle.read())
     lines = [
-        f"Size: {data.get('dtpm_fast', {}).get('bench_size', '?')}; "
-        f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}",
+        (
+            f"Size: {data.get('dtpm_fast', {}).get('bench_size', '?')}; "
+            f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}"
+        ),
         "",
         "| group | benchmark | rows | min s | mean s | rows/s (min) | rows/s (mean) |",
         "|---|---|---|---|---|---|---|",

@@ -5,7 +5,8 @@
 2. peak memory while scoring 1M rows (beyond the fitted index and the input);
 3. the index choice behind index="auto": flat vs KD-tree vs HNSW by dimension.
 
-Usage: python studies/np_targets/np_targets.py [--quick] [--only speed,memory,index] [--out studies/np_targets/np_targets.md]
+Usage: python studies/np_targets/np_targets.py [--quick] [--only speed,memory,index] \
+    [--out studies/np_targets/np_targets.md]
 Reads ADBench files from ../shared/data/adbench (next to the repository).
 """
 

@@ -16,9 +16,11 @@ with its constructor defaults, which at the paper's version of their code were t
 Data: ``dtpm_fast.evaluation.protocol.prepare_split(X, y, seed, "semi")`` (the paper's rows:
 PyOD's KNN reproduces the paper's KNN column on them). One JSON line per run, resumable.
 
-    OMP_NUM_THREADS=1 python studies/parametric_quality/ig_authors_recipe.py --out studies/parametric_quality/ig_authors_recipe.jsonl \
+    OMP_NUM_THREADS=1 python studies/parametric_quality/ig_authors_recipe.py \
+        --out studies/parametric_quality/ig_authors_recipe.jsonl \
         --datasets 14_glass,15_Hepatitis --seeds 0,1,2,3,4
-    python studies/parametric_quality/ig_authors_recipe.py --out studies/parametric_quality/ig_authors_recipe.jsonl --report
+    python studies/parametric_quality/ig_authors_recipe.py \
+        --out studies/parametric_quality/ig_authors_recipe.jsonl --report
 """
 
 from __future__ import annotations

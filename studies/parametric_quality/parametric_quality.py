@@ -12,7 +12,8 @@ Example (what studies/parametric_quality/parametric_quality.md records)::
 
     OMP_NUM_THREADS=1 nice -n 10 python studies/parametric_quality/parametric_quality.py \
         --out studies/parametric_quality/parametric_quality.jsonl --seeds 0,1,2
-    python studies/parametric_quality/parametric_quality.py --out studies/parametric_quality/parametric_quality.jsonl --report
+    python studies/parametric_quality/parametric_quality.py \
+        --out studies/parametric_quality/parametric_quality.jsonl --report
 """
 
 from __future__ import annotations

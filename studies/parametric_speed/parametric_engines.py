@@ -4,7 +4,8 @@ On a shared machine the load changes between pytest-benchmark tests; alternating
 engines call by call exposes them to the same load, so their ratio is what this measures.
 
     python studies/parametric_speed/parametric_engines.py --kind categorical --rows 65536 --repeats 6
-    OMP_NUM_THREADS=1 python studies/parametric_speed/parametric_engines.py --timer cpu   # CPU seconds of one thread
+    # CPU seconds of one thread:
+    OMP_NUM_THREADS=1 python studies/parametric_speed/parametric_engines.py --timer cpu
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Usage (data goes to --workdir, never into the repository)::
 
-    nice -n 10 python studies/streaming/streaming_bench.py all --rows 10000000 --train 2000 --workdir /tmp/dtpm_stream
+    nice -n 10 python studies/streaming/streaming_bench.py all --rows 10000000 --train 2000 \
+        --workdir /tmp/dtpm_stream
 
 Steps: write an N-row, 32-column float32 Parquet file (and its first 1M rows as a second
 file), fit the exact ("flat") and approximate ("hnsw") non-parametric models on

@@ -48,11 +48,13 @@ variant, detector and seed; rerunning skips finished rows), ``summary.md`` (rank
 per-data-set differences, the K sweep). Run single-threaded and niced on a shared machine::
 
     # 1. the protocol grid, default KNN and LOF, 7 probe data sets (~4 min on one core)
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 python studies/unsup_protocol/unsup_protocol_search.py \
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 \
+        python studies/unsup_protocol/unsup_protocol_search.py \
         --datasets 42_WBC,21_Lymphography,14_glass,37_Stamps,6_cardio,27_PageBlocks,38_thyroid \
         --detectors knn,lof --out /tmp/unsup_search/grid
     # 2. K sweep under the current protocol (add data sets as time allows)
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 python studies/unsup_protocol/unsup_protocol_search.py \
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 \
+        python studies/unsup_protocol/unsup_protocol_search.py \
         --datasets 42_WBC,21_Lymphography,14_glass,37_Stamps,6_cardio,27_PageBlocks,38_thyroid,16_http \
         --detectors knn,knn10,knn20,knn30,knn31,knn32,knn33,knn40 \
         --variants 'rs=yes/sc=std-all/sp=boot-all/rng=cont' --out /tmp/unsup_search/k
