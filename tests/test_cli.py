@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import dtpm_fast
-from dtpm_fast import streaming
+from dtpm_fast.io import tables as streaming
+from dtpm_fast.io.atomic import atomic_output
 from dtpm_fast.cli import main
 
 N_FEATURES = 5
@@ -430,7 +431,7 @@ def test_prefetch_preserves_order_and_reraises():
 
 
 def test_atomic_output_removes_the_temporary_file_on_error(tmp_path):
-    with pytest.raises(KeyboardInterrupt), streaming.atomic_output(tmp_path / "out.csv") as temporary:
+    with pytest.raises(KeyboardInterrupt), atomic_output(tmp_path / "out.csv") as temporary:
         with open(temporary, "w") as handle:
             handle.write("half")
         raise KeyboardInterrupt
@@ -438,7 +439,7 @@ def test_atomic_output_removes_the_temporary_file_on_error(tmp_path):
 
 
 def test_progress_line_shows_rows_rate_and_eta(capsys):
-    from dtpm_fast.commands import Progress
+    from dtpm_fast.cli.score import Progress
 
     class Reader:
         progress_total, progress_done = 1000, 250

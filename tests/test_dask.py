@@ -15,7 +15,7 @@ dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 pd = pytest.importorskip("pandas")
 
-from dtpm_fast import dask as dtpm_dask  # after the importorskip calls: needs dask
+from dtpm_fast.integrations import dask as dtpm_dask  # after the importorskip calls: needs dask
 
 N_FEATURES = 6
 
@@ -67,7 +67,7 @@ def client():
 
 
 def _received(client) -> dict:
-    return client.run(lambda: __import__("dtpm_fast.dask").dask.models_received)
+    return client.run(lambda: __import__("dtpm_fast.integrations.dask").integrations.dask.models_received)
 
 
 @INDEXES

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dtpm_fast._validation import NotFittedError
-from dtpm_fast.ddpm import (
+from dtpm_fast.baselines.ddpm import (
     DDPMNoiseNetwork,
     DDPMReconstruction,
     ddpm_schedule,
@@ -186,11 +186,14 @@ def test_sampling_noise_is_reproducible_with_random_state(data):
     np.testing.assert_array_equal(noisy.decision_function(X_test), first)
     noisy.set_params(random_state=6)  # another scoring seed, same network
     assert not np.array_equal(noisy.decision_function(X_test), first)
-    noisy.set_params(sampling_noise=False)
-    mean_path = noisy.decision_function(X_test)
+    noisy.set_params(sampling_noise=False)  # changes what the training scores mean: refit first
+    with pytest.raises(ValueError, match="sampling_noise"):
+        noisy.decision_function(X_test)
+    quiet = DDPMReconstruction(random_state=5, sampling_noise=False, **TINY).fit(X_train)
+    mean_path = quiet.decision_function(X_test)
     assert not np.allclose(mean_path, first)
-    noisy.set_params(random_state=7)  # the noise-free chain ignores the scoring seed
-    np.testing.assert_array_equal(noisy.decision_function(X_test), mean_path)
+    quiet.set_params(random_state=7)  # the noise-free chain ignores the scoring seed
+    np.testing.assert_array_equal(quiet.decision_function(X_test), mean_path)
 
 
 def test_random_state_none_noisy_scoring_varies(data):
@@ -223,7 +226,7 @@ def test_early_stop_rule():
 
 
 def test_fit_stops_when_the_rule_fires(data, monkeypatch):
-    import dtpm_fast.ddpm as ddpm_module
+    import dtpm_fast.baselines.ddpm as ddpm_module
 
     calls = []
 

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import dtpm_fast
-from dtpm_fast import DTPMNonParametric, _core, _device, _gpu
+from dtpm_fast import DTPMNonParametric, _core, _device
+from dtpm_fast.nonparametric import gpu as _gpu
+from dtpm_fast.nonparametric.gpu import kernels as gpu_kernels
 from dtpm_fast.schedule import PosteriorGrid
 from kernel_cases import assert_modes_agree, random_sqdist
 from oracles import knn_sqdist_oracle, neighbour_sqdist_oracle, posterior_oracle
@@ -115,7 +117,7 @@ def _native_calls(source: str) -> list:
 
 @pytest.mark.skipif(not _has_cuda_module(), reason="dtpm_fast was built without its CUDA module")
 def test_gpu_layer_calls_the_cuda_bindings_by_their_own_argument_names():
-    """Every kernel call in _gpu.py names each binding argument, and the bindings accept them.
+    """Every kernel call in nonparametric/gpu/kernels.py names each binding argument, and the bindings accept them.
 
     Runs without a GPU (CI builds _cuda): the names come from the bindings' signatures, and each
     call is made for real with null pointers, which the launchers refuse before touching CUDA.
@@ -125,7 +127,7 @@ def test_gpu_layer_calls_the_cuda_bindings_by_their_own_argument_names():
 
     from dtpm_fast import _cuda
 
-    calls = _native_calls(inspect.getsource(_gpu))
+    calls = _native_calls(inspect.getsource(gpu_kernels))
     assert {name for name, _, _ in calls} == {"posterior", "neighbour_sqdist", "smallest_per_row"}
     for name, n_positional, keywords in calls:
         signature = getattr(_cuda, name).__doc__.splitlines()[0]  # "name(a: int, b: str, ...) -> None"
@@ -672,7 +674,7 @@ def test_detector_on_gpu_matches_cpu(torch, train_test, score):
     X_train, X_test = train_test
     cpu = DTPMNonParametric(score=score, device="cpu", batch_size=97).fit(X_train)
     gpu = DTPMNonParametric(score=score, device="cuda", batch_size=97).fit(X_train)
-    assert gpu._gpu is not None and cpu._gpu is None
+    assert gpu._backend.device_name != "cpu" and cpu._backend.device_name == "cpu"
     for got, want in (
         (gpu.decision_scores_, cpu.decision_scores_),
         (gpu.decision_function(X_test), cpu.decision_function(X_test)),
@@ -760,8 +762,8 @@ def test_detector_reads_cupy_input_on_the_callers_stream(blobs, monkeypatch):
     cupy.cuda.Device().synchronize()
     stream = cupy.cuda.Stream(non_blocking=True)  # no implicit ordering with the legacy default stream
     handles = []
-    launch_stream = _gpu._stream_handle
-    monkeypatch.setattr(_gpu, "_stream_handle", lambda t: handles.append(launch_stream(t)) or handles[-1])
+    launch_stream = gpu_kernels.stream_handle
+    monkeypatch.setattr(gpu_kernels, "stream_handle", lambda t: handles.append(launch_stream(t)) or handles[-1])
     with stream:
         spin((1,), (1,), (np.int64(200_000_000),))  # ~0.1 s at 2 GHz
         x[...] = data

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import dtpm_fast
-from dtpm_fast import persistence
+from dtpm_fast.io import model_files
+from dtpm_fast.io.load import load as load_model
 from dtpm_fast._validation import NotFittedError
 
 
@@ -84,8 +85,8 @@ def test_file_contains_no_pickle_and_a_manifest(tmp_path, fitted):
     with zipfile.ZipFile(path) as archive:
         manifest = json.loads(archive.read("manifest.json"))
         names = archive.namelist()
-    assert manifest["format"] == persistence.FORMAT_NAME
-    assert manifest["format_version"] == persistence.FORMAT_VERSION
+    assert manifest["format"] == model_files.FORMAT_NAME
+    assert manifest["format_version"] == model_files.FORMAT_VERSION
     assert manifest["kind"] == "DTPMNonParametric"
     assert manifest["library_version"] == dtpm_fast.__version__
     assert all(n == "manifest.json" or n.endswith((".npy", ".bin")) for n in names)
@@ -192,7 +193,7 @@ def test_wrong_expected_kind(tmp_path, fitted):
     path = tmp_path / "m.dtpm"
     fitted.save(path)
     with pytest.raises(ValueError, match="holds a DTPMNonParametric model, not a DTPMCategorical"):
-        persistence.load(path, expected_kind="DTPMCategorical")
+        load_model(path, expected_kind="DTPMCategorical")
 
 
 def test_object_array_in_file_is_not_unpickled(tmp_path, fitted):
@@ -234,9 +235,10 @@ def test_exported_torch_archives_are_recognised_by_name_only(tmp_path):
         torch.jit.script(module).save(str(tmp_path / "m.ts"))
     torch.export.save(torch.export.export(module, (torch.zeros(2, 3),)), str(tmp_path / "m.pt2"))
     for name, expected in (("m.ts", "torchscript"), ("m.pt2", "pt2")):
-        with zipfile.ZipFile(tmp_path / name) as archive:
-            assert persistence._exported_kind(archive.namelist()) == expected
-    assert persistence._exported_kind(["manifest.json", "arrays/train.npy"]) is None
+        assert model_files.exported_format(tmp_path / name) == expected
+    with zipfile.ZipFile(tmp_path / "model.dtpm", "w") as archive:
+        archive.writestr("manifest.json", "{}")
+    assert model_files.exported_format(tmp_path / "model.dtpm") is None
 
 
 # ---- pickling ----------------------------------------------------------------------------------

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import importlib
 
-from dtpm_fast import _core
+from dtpm_fast import _core, _registry
 from dtpm_fast._validation import NotFittedError
 from dtpm_fast.nonparametric import DTPMNonParametric
 
 __version__: str = _core.__version__
 
-# Models that need torch are imported on first use, so `import dtpm_fast` never imports torch.
-_LAZY = {
-    "DTPMCategorical": "dtpm_fast.parametric",
-    "DTPMInverseGamma": "dtpm_fast.parametric",
-    "DDPMReconstruction": "dtpm_fast.ddpm",
-    "load": "dtpm_fast.persistence",
-}
+# Detectors that need torch are imported on first use (from the registry), so `import dtpm_fast`
+# never imports torch; `load` likewise.
+_LAZY = {kind.class_name: kind.module for kind in _registry.KINDS if kind.needs_torch}
+_LAZY["load"] = "dtpm_fast.io.load"
 
-# Plain strings so static tools can read it: the names in _LAZY are listed here too, keep the two in step.
+# Plain strings so static tools can read it; tests/test_package.py checks it against the registry.
 __all__ = [
     "DDPMReconstruction",
     "DTPMCategorical",

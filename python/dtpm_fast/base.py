@@ -1,12 +1,28 @@
-"""The contract every dtpm_fast detector follows (sklearn + PyOD conventions)."""
+"""The contract every dtpm_fast detector follows (sklearn + PyOD conventions).
+
+Fitted state and parameters (the rule for every detector): ``fit`` records the parameters it
+was fitted with. Afterwards every method that uses the fitted state (scoring, ``posterior``,
+``save``, pickling and copying) first checks them: a parameter changed since ``fit`` with
+``set_params`` (or by assignment) raises ``ValueError`` naming it, its fitted and its new value,
+and the fix (fit again, or set it back). The exceptions are a class's ``_runtime_params``
+(e.g. ``batch_size``), which only shape how work is done: they are validated and honoured
+where they are used. ``to_device`` moves a fitted detector and updates the record.
+
+Saving, loading and pickling share one state: ``_get_state`` / ``_from_state`` of each class.
+"""
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import numpy as np
 
-from dtpm_fast._validation import check_is_fitted
+from dtpm_fast import _core, _registry
+from dtpm_fast._validation import NotFittedError, check_is_fitted
+from dtpm_fast.io import model_files
+
+PICKLE_FORMAT = 1
 
 
 class BaseDetector:
@@ -52,11 +68,35 @@ class BaseDetector:
         return float(c)
 
     def _set_threshold(self, train_scores: np.ndarray) -> None:
-        """Set ``decision_scores_``, ``threshold_`` (percentile rule) and ``labels_``."""
+        """End of ``fit``: set ``decision_scores_``, ``threshold_`` (percentile rule), ``labels_``."""
         contamination = self._check_contamination()
+        scores = np.asarray(train_scores, dtype=np.float64)
+        self._restore_threshold(scores, np.percentile(scores, 100.0 * (1.0 - contamination)))
+
+    def _restore_threshold(self, train_scores, threshold) -> None:
+        """Set the training scores, threshold and labels, and record the fitted parameters."""
         self.decision_scores_ = np.asarray(train_scores, dtype=np.float64)
-        self.threshold_ = float(np.percentile(self.decision_scores_, 100.0 * (1.0 - contamination)))
+        self.threshold_ = float(threshold)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        self._fitted_params = _snapshot(self.get_params())
+
+    # ---- fitted state versus parameters (the rule in the module docstring) ----------------
+    _runtime_params: tuple[str, ...] = ()
+
+    def _check_unchanged(self) -> None:
+        """ValueError if a parameter other than ``_runtime_params`` changed since ``fit``."""
+        fitted = getattr(self, "_fitted_params", None)
+        if fitted is None:
+            return
+        for name, value in self.get_params().items():
+            if name in self._runtime_params or name not in fitted:
+                continue
+            if not _same(value, fitted[name]):
+                raise ValueError(
+                    f"{type(self).__name__} was fitted with {name}={fitted[name]!r} but {name} is now "
+                    f"{value!r}; call fit again to use the new value, or set {name} back"
+                    + (" (or use to_device)" if name == "device" else "")
+                )
 
     def decision_function(self, X) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -114,26 +154,89 @@ class BaseDetector:
 
     # ---- persistence hooks ------------------------------------------------------------------
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:  # pragma: no cover
-        """(JSON-able metadata, numeric arrays, opaque byte blobs) that rebuild the fitted detector."""
+        """(JSON-able metadata, numeric arrays, opaque byte blobs) that rebuild the fitted detector.
+
+        Raises NotFittedError when unfitted and ValueError when a parameter changed since fit.
+        """
         raise NotImplementedError
 
     @classmethod
     def _from_state(cls, meta: dict, arrays: dict, blobs: dict) -> BaseDetector:  # pragma: no cover
         raise NotImplementedError
 
-    # ---- saving and pickling (dtpm_fast.persistence; no pickle inside saved files) ------------
-    def save(self, path) -> None:
-        """Save the fitted detector to ``path`` (versioned, pickle-free); reload with ``dtpm_fast.load``."""
-        from dtpm_fast import persistence
+    def _model_file_state(self) -> dict:
+        """The whole state a model file or a pickle holds: kind, the hooks' parts, extras."""
+        meta, arrays, blobs = self._get_state()
+        names = getattr(self, "feature_names_in_", None)
+        return {
+            "kind": type(self).__name__,
+            "meta": meta,
+            "arrays": {k: np.asarray(v) for k, v in arrays.items()},
+            "blobs": {k: bytes(v) for k, v in blobs.items()},
+            "extras": {} if names is None else {"feature_names": [str(n) for n in names]},
+        }
 
-        persistence.save(self, path)
+    @classmethod
+    def _from_model_file_state(cls, state: dict) -> BaseDetector:
+        """A fitted detector from :meth:`_model_file_state`'s dict (read back from a file)."""
+        detector = cls._from_state(state["meta"], state["arrays"], state["blobs"])
+        names = state["extras"].get("feature_names")
+        if names is not None:
+            if not isinstance(names, list) or len(names) != getattr(detector, "n_features_in_", len(names)):
+                raise ValueError("the saved feature names do not match the number of features")
+            detector.feature_names_in_ = np.asarray([str(n) for n in names], dtype=object)
+        return detector
+
+    # ---- saving and pickling (no pickle inside saved files) ---------------------------------
+    def save(self, path) -> None:
+        """Save the fitted detector to ``path`` (versioned, pickle-free); reload with ``dtpm_fast.load``.
+
+        Raises NotFittedError when unfitted, ValueError when a parameter changed since ``fit``.
+        """
+        kind = type(self).__name__
+        if kind not in _registry.BY_CLASS_NAME:
+            raise ValueError(f"cannot save a {kind}: known detector kinds are {sorted(_registry.BY_CLASS_NAME)}")
+        model_files.write(path, self._model_file_state(), _core.__version__)
 
     def __getstate__(self) -> dict:
-        from dtpm_fast import persistence
+        """A fitted detector pickles as its saved state, an unfitted one as its parameters.
 
-        return persistence.pickle_state(self)
+        (A FAISS index travels as its serialized bytes; pickle names the class itself, so
+        subclasses outside the registry pickle too.)
+        """
+        try:
+            return {"pickle_format": PICKLE_FORMAT, "state": self._model_file_state()}
+        except NotFittedError:
+            return {"pickle_format": PICKLE_FORMAT, "params": self.get_params()}
+        except NotImplementedError:  # a detector without state hooks: its attributes as they are
+            return {"pickle_format": PICKLE_FORMAT, "attributes": dict(self.__dict__)}
 
     def __setstate__(self, state: dict) -> None:
-        from dtpm_fast import persistence
+        version = state.get("pickle_format")
+        if version != PICKLE_FORMAT:
+            raise ValueError(
+                f"cannot unpickle a {type(self).__name__} of pickle format {version!r} "
+                f"(this dtpm_fast reads {PICKLE_FORMAT})"
+            )
+        if "params" in state:
+            self.__dict__.update(state["params"])
+        elif "attributes" in state:
+            self.__dict__.update(state["attributes"])
+        else:  # "state"; pickles of 0.1.0 hold its parts at the top level
+            saved = state.get("state") or {"kind": type(self).__name__, **state}
+            self.__dict__.update(type(self)._from_model_file_state(saved).__dict__)
 
-        persistence.restore_pickle_state(self, state)
+
+def _snapshot(params: dict) -> dict:
+    """A record of parameter values that later in-place edits (of a dict, a list) cannot change."""
+    return {k: copy.deepcopy(v) if isinstance(v, (dict, list, set)) else v for k, v in params.items()}
+
+
+def _same(a, b) -> bool:
+    if a is b:
+        return True
+    try:
+        equal = a == b
+    except (TypeError, ValueError):
+        return False
+    return bool(equal) if isinstance(equal, (bool, np.bool_)) else False  # arrays compare elementwise

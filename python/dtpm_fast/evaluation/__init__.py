@@ -1,7 +1,7 @@
 """ADBench evaluation harness: the paper's protocol, metrics, a resumable runner and reports.
 
 Light to import: the detectors (and torch, pyod, matplotlib) are imported only when used.
-The ``dtpm-fast evaluate`` command is registered by :func:`dtpm_fast.evaluation.cli.register`.
+The ``dtpm-fast evaluate`` command is defined in :mod:`dtpm_fast.cli.evaluate`.
 """
 
 from dtpm_fast.evaluation.protocol import (

@@ -1,7 +1,7 @@
-"""python -m dtpm_fast.evaluation: the evaluate command without the dtpm-fast launcher."""
+"""``python -m dtpm_fast.evaluation ARGS``: the same as ``dtpm-fast evaluate ARGS``."""
 
 import sys
 
-from dtpm_fast.evaluation.cli import main
+from dtpm_fast.cli import main
 
-sys.exit(main())
+sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -26,10 +26,14 @@ def auc_roc(y_true: np.ndarray, scores: np.ndarray) -> float:
 
     ``scores``: higher = more anomalous; NaN scores count as 0, as in the authors' runner.
     """
-    from sklearn.metrics import roc_auc_score
+    from scipy.stats import rankdata  # here: scipy.stats takes ~1 s to import
 
     y_true, scores = _check_scores(y_true, scores)
-    return 100.0 * float(roc_auc_score(y_true, scores))
+    # Mann-Whitney: the share of (anomaly, normal) pairs ranked correctly, ties counting half.
+    ranks = rankdata(scores)
+    n_pos = int(y_true.sum())
+    n_neg = y_true.size - n_pos
+    return 100.0 * float((ranks[y_true == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def auc_pr(y_true: np.ndarray, scores: np.ndarray) -> float:

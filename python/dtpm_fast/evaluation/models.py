@@ -3,15 +3,19 @@
 Each factory takes :class:`ModelOptions` and returns an unfitted detector with ``fit(X)`` and
 ``decision_function(X)`` (higher = more anomalous). Detectors that need optional packages
 (torch, pyod) are imported inside the factory, so listing or running other models never
-imports them. To add a model, call :func:`register_model` (see the ``ddpm`` entry).
+imports them. Every detector kind of ``dtpm_fast._registry`` is registered under its key; the
+variants the reports compare with (np-mode, PyOD's knn) are registered below it.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from dtpm_fast._registry import BY_KEY, KINDS, DetectorKind
 
 
 @dataclass(frozen=True)
@@ -92,50 +96,39 @@ def _accepted_kwargs(cls: type, candidates: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in candidates.items() if v is not None and k in params}
 
 
-def _import_torch_model(class_name: str) -> type:
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise ValueError(
-            f"model {class_name} needs PyTorch, which is not installed: pip install 'dtpm-fast[torch]'"
-        ) from exc
-    import dtpm_fast
-
-    try:
-        return getattr(dtpm_fast, class_name)
-    except (AttributeError, ImportError) as exc:
-        raise ValueError(f"dtpm_fast.{class_name} is not available in this build: {exc}") from exc
+def _detector_class(kind: DetectorKind) -> type:
+    if kind.needs_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise ValueError(
+                f"model {kind.key} needs PyTorch, which is not installed: pip install 'dtpm-fast[torch]'"
+            ) from exc
+    return getattr(importlib.import_module(kind.module), kind.class_name)
 
 
-def _trained_model(class_name: str) -> Callable[[ModelOptions], Any]:
+def _detector(kind: DetectorKind, **fixed: Any) -> Callable[[ModelOptions], Any]:
+    """A factory for a registered detector kind; ``fixed`` parameters define a variant."""
+
     def build(options: ModelOptions) -> Any:
-        cls = _import_torch_model(class_name)
-        # The trained models' seed argument is named by their author; pass whichever exists.
-        # standardize=False: the protocol has already scaled the rows, as in the authors' runs.
+        cls = _detector_class(kind)
+        # The seed argument is named by the model's author; pass whichever exists.
+        # standardize=False: the protocol has already scaled the rows on the training rows, as
+        # the authors did; a second standardisation (on a bootstrap sample, in "unsup") would
+        # change it.
         candidates = {
             "epochs": options.epochs,
+            "n_neighbors": options.n_neighbors,
             "device": options.device,
             "standardize": False,
             "random_state": options.seed,
             "seed": options.seed,
         }
-        kwargs = _accepted_kwargs(cls, candidates)
+        kwargs = {**_accepted_kwargs(cls, candidates), **fixed}
         unknown = set(options.extra) - set(inspect.signature(cls.__init__).parameters)
         if unknown:
-            raise ValueError(f"{class_name} has no parameter(s) {sorted(unknown)}; check --model-option")
+            raise ValueError(f"{kind.class_name} has no parameter(s) {sorted(unknown)}; check --model-option")
         return cls(**kwargs, **options.extra)
-
-    return build
-
-
-def _nonparametric(score: str) -> Callable[[ModelOptions], Any]:
-    def build(options: ModelOptions) -> Any:
-        from dtpm_fast import DTPMNonParametric
-
-        # The protocol has already standardised the data on the training rows, as the authors
-        # did; a second standardisation (on a bootstrap sample, in "unsup") would change it.
-        k = {} if options.n_neighbors is None else {"n_neighbors": options.n_neighbors}
-        return DTPMNonParametric(score=score, standardize=False, device=options.device, **k)
 
     return build
 
@@ -148,45 +141,29 @@ def _pyod_knn(options: ModelOptions) -> Any:
             "model 'knn' needs PyOD: pip install 'dtpm-fast[eval]' (or pip install pyod)"
         ) from exc
     # PyOD's defaults, as the paper's semi-supervised column was run: 5 neighbours, distance to
-    # the 5th. Its unsupervised column matches n_neighbors=32 exactly (bench/results/evaluation.md).
+    # the 5th. Its unsupervised column matches n_neighbors=32 exactly (studies: evaluation).
     return KNN() if options.n_neighbors is None else KNN(n_neighbors=options.n_neighbors)
 
 
-register_model(
-    ModelSpec(
-        "np",
-        "DTE-NP",
-        _nonparametric("mean"),
-        "DTPMNonParametric, posterior-mean score (K=5, T=300)",
-        neighbours=True,
+# Every registered detector kind under its key, then the variants the reports compare with.
+for _kind in KINDS:
+    register_model(
+        ModelSpec(
+            _kind.key,
+            _kind.paper_column,
+            _detector(_kind),
+            f"{_kind.class_name}: {_kind.description}",
+            trained=_kind.needs_torch,
+            neighbours=_kind.key == "np",
+        )
     )
-)
 register_model(
     ModelSpec(
         "np-mode",
         "DTE-NP",
-        _nonparametric("mode"),
+        _detector(BY_KEY["np"], score="mode"),
         "DTPMNonParametric, posterior-mode score (K=5, T=300)",
         neighbours=True,
     )
 )
-register_model(
-    ModelSpec(
-        "categorical", "DTE-C", _trained_model("DTPMCategorical"), "DTPMCategorical (torch)", trained=True
-    )
-)
-register_model(
-    ModelSpec(
-        "inverse-gamma",
-        "DTE-IG",
-        _trained_model("DTPMInverseGamma"),
-        "DTPMInverseGamma (torch)",
-        trained=True,
-    )
-)
 register_model(ModelSpec("knn", "KNN", _pyod_knn, "PyOD KNN (n_neighbors=5, largest)", neighbours=True))
-register_model(
-    ModelSpec(
-        "ddpm", "DDPM", _trained_model("DDPMReconstruction"), "DDPMReconstruction (torch)", trained=True
-    )
-)

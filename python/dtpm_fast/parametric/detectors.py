@@ -135,6 +135,7 @@ class _ParametricDTPM(BaseDetector):
     # ---- scoring ----------------------------------------------------------------------------
     def _checked(self, X) -> np.ndarray:
         check_is_fitted(self, "_module")
+        self._check_unchanged()
         X = check_matrix(X, "X")
         check_n_features(X, self.n_features_in_)
         return X
@@ -152,11 +153,22 @@ class _ParametricDTPM(BaseDetector):
         """
         return self._score(self._checked(X))
 
+    def to_device(self, device: str):
+        """Move the fitted network to ``device`` ("auto", "cpu", "cuda", "cuda:N"); returns self."""
+        check_is_fitted(self, "_module")
+        self._check_unchanged()
+        target = resolve_torch_device(device)
+        self._module = self._module.to(target)
+        self._torch_device = target
+        self.device = device
+        self._fitted_params["device"] = device
+        return self
+
     # ---- export -----------------------------------------------------------------------------
     def _export_metadata(self) -> dict:
         import torch
 
-        import dtpm_fast
+        from dtpm_fast import _core
 
         meta = {
             "producer": "dtpm_fast.parametric",
@@ -167,7 +179,7 @@ class _ParametricDTPM(BaseDetector):
             "num_bins": self._num_bins(),
             "threshold": float(self.threshold_),
             "contamination": float(self.contamination),
-            "version": dtpm_fast.__version__,
+            "version": _core.__version__,
             "torch_version": torch.__version__,
             "input": "raw rows, float32, shape (n, n_features); standardisation is inside the graph",
             "output": "anomaly score per row, float32, shape (n,); higher = more anomalous",
@@ -202,6 +214,7 @@ class _ParametricDTPM(BaseDetector):
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
         """JSON metadata, the network weights and buffers as NumPy arrays, no blobs (nothing pickled)."""
         check_is_fitted(self, "_module")
+        self._check_unchanged()
         params = self.get_params()
         params["hidden_sizes"] = [int(h) for h in params["hidden_sizes"]]
         if not isinstance(params["random_state"], (int, np.integer, type(None))):
@@ -257,9 +270,7 @@ class _ParametricDTPM(BaseDetector):
         self._torch_device = device
         self.n_features_in_ = d
         self.loss_history_ = np.asarray(arrays.get("loss_history", np.empty(0)), dtype=np.float64)
-        self.decision_scores_ = np.asarray(arrays["decision_scores"], dtype=np.float64)
-        self.threshold_ = float(meta["threshold"])
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        self._restore_threshold(arrays["decision_scores"], meta["threshold"])
         return self
 
 

@@ -230,7 +230,9 @@ def load_exported(path, device: str = "auto") -> ExportedScorer:
             module = program.module()
     except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise _fail(path, f"PyTorch could not load the {fmt} program ({type(exc).__name__}: {exc})") from None
-    return ExportedScorer._from_loaded(module, fmt, meta, train_scores, dev)
+    scorer = ExportedScorer._from_loaded(module, fmt, meta, train_scores, dev)
+    scorer._path = path
+    return scorer
 
 
 class ExportedScorer(BaseDetector):
@@ -271,6 +273,12 @@ class ExportedScorer(BaseDetector):
 
     def __repr__(self) -> str:
         return f"ExportedScorer(kind={self.meta_.get('kind')!r}, format={self.format_!r})"
+
+    def to_device(self, device: str) -> ExportedScorer:
+        """Load the exported program again onto ``device`` ("auto", "cpu", "cuda"); returns self."""
+        check_is_fitted(self, "_module")
+        self.__dict__.update(load_exported(self._path, device).__dict__)
+        return self
 
     def fit(self, X, y=None):
         raise TypeError(

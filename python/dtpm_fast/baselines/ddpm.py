@@ -541,6 +541,9 @@ class DDPMReconstruction(BaseDetector):
                 out[start : start + chunk.shape[0]] = scores.double().cpu().numpy()
         return out
 
+    # They shape the scoring noise draw and the batching, not the fitted model (see base.py).
+    _runtime_params = ("random_state", "inference_batch_size", "verbose")
+
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores: mean squared difference between each row and its reconstruction.
 
@@ -555,15 +558,30 @@ class DDPMReconstruction(BaseDetector):
             Stochastic (the reverse chain adds noise); see ``random_state``.
         """
         check_is_fitted(self, "network_")
+        self._check_unchanged()
+        check_int(self.inference_batch_size, "inference_batch_size", 1)
+        _seed_from(self.random_state)  # validates it
         X = check_matrix(X, "X", dtype=np.float64)
         check_n_features(X, self.n_features_in_)
         x = torch.as_tensor(self.standardizer_.transform(X, np.float32), device=self.device_)
         return self._score_standardized(x)
 
+    def to_device(self, device: str) -> DDPMReconstruction:
+        """Move the fitted network to ``device`` ("auto", "cpu", "cuda", "cuda:N"); returns self."""
+        check_is_fitted(self, "network_")
+        self._check_unchanged()
+        target = resolve_device(device, native=False)
+        self.network_.to(target)
+        self.device_ = target
+        self.device = device
+        self._fitted_params["device"] = device
+        return self
+
     # ---- persistence -----------------------------------------------------------------------
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray], dict[str, bytes]]:
         """(metadata, arrays, blobs): network weights as ``network.<parameter>`` arrays, no pickle."""
         check_is_fitted(self, "network_")
+        self._check_unchanged()
         params = self.get_params()
         params["dropout"] = [float(p) for p in self.dropout]
         meta = {
@@ -609,7 +627,5 @@ class DDPMReconstruction(BaseDetector):
         model.standardizer_ = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])
         model.loss_history_ = np.asarray(arrays["loss_history"], dtype=np.float64)
         model.n_epochs_ = int(meta["n_epochs"])
-        model.decision_scores_ = np.asarray(arrays["decision_scores"], dtype=np.float64)
-        model.threshold_ = float(meta["threshold"])
-        model.labels_ = (model.decision_scores_ > model.threshold_).astype(np.int64)
+        model._restore_threshold(arrays["decision_scores"], meta["threshold"])
         return model

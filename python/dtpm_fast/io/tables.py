@@ -17,7 +17,7 @@ wrong number of fields -- are never scored silently: with ``on_bad_row="error"``
 reader raises :class:`BadRowError` naming the row (1-based, header not counted), with
 ``on_bad_row="skip"`` the row is dropped and counted in :class:`BadRowReport`.
 
-Writers (:class:`TableWriter`) append batches to Parquet or CSV; :func:`atomic_output`
+Writers (:class:`TableWriter`) append batches to Parquet or CSV; :func:`dtpm_fast.io.atomic.atomic_output`
 makes the result appear under its final name only once it is complete.
 """
 
@@ -27,7 +27,6 @@ import contextlib
 import os
 import queue
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -50,7 +49,6 @@ __all__ = [
     "BadRowReport",
     "FeatureBatch",
     "TableWriter",
-    "atomic_output",
     "file_format",
     "open_reader",
     "prefetch",
@@ -81,7 +79,7 @@ class BadRowError(ValueError):
 
 
 def _bad_row_error(description: str, row: int) -> BadRowError:
-    return BadRowError(f"{description}; fix the input or pass --on-bad-row skip to skip bad rows", row)
+    return BadRowError(f"{description}; fix the input or pass on_bad_row='skip' to skip bad rows", row)
 
 
 @dataclass
@@ -182,7 +180,7 @@ def open_reader(
     BatchReader
         Iterable of :class:`FeatureBatch`; ``reader.bad_rows`` counts skipped rows.
     """
-    _require_pyarrow()
+    require_pyarrow()
     if on_bad_row not in ON_BAD_ROW_CHOICES:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW_CHOICES}, got {on_bad_row!r}")
     if int(batch_rows) < 1:
@@ -200,7 +198,7 @@ def open_reader(
     )
 
 
-def _require_pyarrow() -> None:
+def require_pyarrow() -> None:
     if pa is None:
         raise ImportError('reading and writing Parquet/CSV needs pyarrow: pip install "dtpm-fast[io]"')
 
@@ -288,7 +286,7 @@ class ParquetBatchReader(BatchReader):
         schema = self._file.schema_arrow
         names = schema.names
         if self.id_column is not None and self.id_column not in names:
-            raise ValueError(f"--id-column {self.id_column!r} is not a column of {path!r} (columns: {names})")
+            raise ValueError(f"id_column {self.id_column!r} is not a column of {path!r} (columns: {names})")
         if columns is None:
             columns = [f.name for f in schema if f.name != self.id_column and _is_numeric_type(f.type)]
             if not columns:
@@ -299,7 +297,7 @@ class ParquetBatchReader(BatchReader):
             if not _is_numeric_type(schema.field(name).type):
                 raise ValueError(
                     f"feature column {name!r} of {path!r} has type {schema.field(name).type}, "
-                    "not a number; choose numeric columns with --columns"
+                    "not a number; choose numeric columns with columns=[...]"
                 )
         self.feature_columns = list(columns)
         if self.id_column is not None:
@@ -360,7 +358,7 @@ class CsvBatchReader(BatchReader):
         header = _csv_header(path)
         if self.id_column is not None and self.id_column not in header:
             raise ValueError(
-                f"--id-column {self.id_column!r} is not a column of {path!r} (columns: {header})"
+                f"id_column {self.id_column!r} is not a column of {path!r} (columns: {header})"
             )
         if columns is None:
             columns = [name for name in header if name != self.id_column]
@@ -530,7 +528,7 @@ class NpyBatchReader(BatchReader):
         super().__init__(path, **kwargs)
         if self.id_column is not None:
             raise ValueError(
-                "--id-column is not available for .npy input (an .npy file has no named columns)"
+                "id_column is not available for .npy input (an .npy file has no named columns)"
             )
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -590,7 +588,7 @@ class TableWriter:
     """
 
     def __init__(self, path: str, fmt: str, schema: pa.Schema):
-        _require_pyarrow()
+        require_pyarrow()
         if fmt == "parquet":
             self._writer = pq.ParquetWriter(path, schema, compression="snappy")
         elif fmt == "csv":
@@ -612,57 +610,6 @@ class TableWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success move it to ``path`` atomically.
-
-    The temporary file is a hidden name with ``.partial`` in it, in the same directory
-    (so the final rename never crosses file systems). On any exception -- including
-    ``KeyboardInterrupt`` -- it is deleted, so no complete-looking file is left behind.
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is False (checked before and at the end).
-    """
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"output {path!r} already exists; pass --overwrite to replace it")
-    directory, name = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"output directory {directory!r} does not exist")
-    temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.partial")
-    try:
-        yield temporary
-        _flush_to_disk(temporary)
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            # link() fails if the target appeared meanwhile: never clobber without --overwrite.
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                raise FileExistsError(
-                    f"output {path!r} already exists; pass --overwrite to replace it"
-                ) from None
-            except OSError:  # file systems without hard links
-                if os.path.exists(path):
-                    raise FileExistsError(f"output {path!r} already exists; pass --overwrite to replace it")
-                os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-
-
-def _flush_to_disk(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------- prefetch

@@ -1,38 +1,14 @@
-"""The ``dtpm-fast evaluate`` sub-command (also ``python -m dtpm_fast.evaluation``)."""
+"""``dtpm-fast evaluate`` (also ``python -m dtpm_fast.evaluation``): the ADBench harness."""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import shlex
 import sys
 from pathlib import Path
 
+from dtpm_fast.cli import _args
 from dtpm_fast.evaluation.models import model_names
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 0,1,2, got {text!r}"
-        ) from None
-
-
-def _name_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _model_option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. batch_size=128), got {text!r}")
-    try:
-        parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        parsed = value  # a bare word such as a device name stays a string
-    return key, parsed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,25 +18,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder: runs.csv, report.md, summary.csv, plot")
     parser.add_argument(
-        "--datasets", type=_name_list, default=None, help="comma-separated file stems (default: all)"
+        "--datasets", type=_args.name_list, default=None, help="comma-separated file stems (default: all)"
     )
     parser.add_argument(
         "--models",
-        type=_name_list,
+        type=_args.name_list,
         default=["np"],
         help=f"comma-separated, from: {', '.join(model_names())} (default: np)",
     )
     parser.add_argument("--protocol", choices=("semi", "unsup"), default="semi")
     parser.add_argument(
-        "--seeds", type=_int_list, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)"
+        "--seeds", type=_args.int_list, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="training epochs of trained models (default: theirs)"
+        "--epochs", type=_args.positive_int, default=None, help="training epochs of trained models (default: theirs)"
     )
     parser.add_argument(
         "--model-option",
-        type=_model_option,
+        type=_args.key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -68,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--n-neighbors",
-        type=int,
+        type=_args.positive_int,
         default=None,
         metavar="K",
         help="neighbours of np, np-mode and knn (default: theirs, 5; recorded as budget). The paper's "
@@ -124,14 +100,3 @@ def register(subparsers) -> None:
     )
     add_arguments(parser)
     parser.set_defaults(func=run_command)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m dtpm_fast.evaluation ...``."""
-    parser = argparse.ArgumentParser(prog="python -m dtpm_fast.evaluation")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_command(args)
-    except ValueError as exc:
-        parser.exit(2, f"error: {exc}\n")

@@ -1,0 +1,1 @@
+"""Front ends that run detectors inside other engines (Dask)."""

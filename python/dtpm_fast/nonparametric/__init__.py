@@ -1,0 +1,10 @@
+"""The non-parametric DTPM detector (DTE-NP) and its engines.
+
+``detector`` holds the public class; ``host`` (a host neighbour index from ``indexes`` and the
+``_core`` kernels) and ``gpu`` (device kernels and search, torch) are its two backends, one of
+which is chosen at fit.
+"""
+
+from dtpm_fast.nonparametric.detector import DTPMNonParametric
+
+__all__ = ["DTPMNonParametric"]

@@ -1,0 +1,137 @@
+"""The CPU backend of ``DTPMNonParametric``: a host neighbour index and the ``_core`` kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dtpm_fast import _core
+from dtpm_fast.nonparametric import indexes
+
+
+class HostBackend:
+    """Scores NumPy rows on the CPU from the fitted state of a ``DTPMNonParametric``.
+
+    Parameters
+    ----------
+    state : FittedState
+        Standardised training rows, standardiser, posterior grid, index kind and parameters.
+    n_neighbors, batch_size : int
+        K, and the query rows searched and scored at a time (``batch_size`` may be changed later).
+    serialized_index : bytes, optional
+        A saved approximate index to restore instead of building one.
+    """
+
+    device_name = "cpu"
+
+    def __init__(self, state, n_neighbors: int, batch_size: int, serialized_index: bytes | None = None):
+        self._state = state
+        self._n_neighbors = n_neighbors
+        self.batch_size = batch_size
+        self._serialized_index = serialized_index
+        self._index = None
+        self._exact = None  # the native brute force, built when an approximate index comes back short
+
+    def index(self):
+        """The host neighbour index (built on first use)."""
+        if self._index is None:
+            state = self._state
+            self._index = indexes.build_index(
+                state.index_kind, state.train, state.index_params, serialized=self._serialized_index
+            )
+        return self._index
+
+    def index_bytes(self) -> bytes | None:
+        """The index serialised for a model file, or None when it is rebuilt from the training rows."""
+        return self.index().to_bytes()
+
+    # ---- scoring -----------------------------------------------------------------------------
+    def train_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Leave-one-out (mode int32, mean float64) of the training rows."""
+        mode, mean, _ = self.score_rows(self._state.train, standardized=True, leave_one_out=True)
+        return mode, mean
+
+    def score_rows(
+        self, X, standardized=False, leave_one_out=False, want_mode=True, want_mean=True, want_posterior=False
+    ):
+        """(mode int32 (n,), mean float64 (n,), posterior float64 (n, T)), each None unless wanted."""
+        n = X.shape[0]
+        grid = self._state.grid
+        mode = np.empty(n, dtype=np.int32) if want_mode else None
+        mean = np.empty(n, dtype=np.float64) if want_mean else None
+        post = np.empty((n, grid.T), dtype=np.float64) if want_posterior else None
+        for start, stop, Q, ids in self._neighbour_batches(X, standardized, leave_one_out):
+            sq, _ = _core.neighbour_sqdist(Q, self._state.train, ids, False)
+            if ids.shape[1] > self._n_neighbors:
+                sq = self._top_k(sq, ids)[0]
+            m, mu, p = _core.posterior(
+                sq,
+                self._state.n_features,
+                grid.log_sigma2,
+                grid.inv_sigma2,
+                want_mode,
+                want_mean,
+                want_posterior,
+            )
+            if want_mode:
+                mode[start:stop] = m
+            if want_mean:
+                mean[start:stop] = mu
+            if want_posterior:
+                post[start:stop] = p
+        return mode, mean, post
+
+    def decision_function(self, X, score: str) -> np.ndarray:
+        mode, mean, _ = self.score_rows(X, want_mode=score == "mode", want_mean=score == "mean")
+        return mean if score == "mean" else mode.astype(np.float64)
+
+    def posterior(self, X) -> np.ndarray:
+        return self.score_rows(X, want_mode=False, want_mean=False, want_posterior=True)[2]
+
+    def explain(self, X) -> np.ndarray:
+        out = np.empty(X.shape, dtype=np.float32)
+        for start, stop, Q, ids in self._neighbour_batches(X):
+            sq, contrib = _core.neighbour_sqdist(Q, self._state.train, ids, True)
+            if ids.shape[1] > self._n_neighbors:  # re-rank approximate candidates, then explain the top K
+                ids = self._top_k(sq, ids)[1]
+                _, contrib = _core.neighbour_sqdist(Q, self._state.train, ids, True)
+            out[start:stop] = contrib
+        return out
+
+    # ---- search ------------------------------------------------------------------------------
+    def _neighbour_batches(self, X: np.ndarray, standardized: bool = False, leave_one_out: bool = False):
+        """Yield (start, stop, standardised batch, candidate ids) over X in ``batch_size`` rows."""
+        k_search = self._n_neighbors + (1 if leave_one_out else 0)
+        scaler = self._state.scaler
+        for start in range(0, X.shape[0], self.batch_size):
+            stop = min(start + self.batch_size, X.shape[0])
+            Q = X[start:stop] if standardized else scaler.transform(X[start:stop])
+            ids = self.index().search(Q, k_search)
+            if (ids < 0).any():  # an approximate index came back short: search those rows exactly
+                ids = self._fill_missing(Q, ids)
+            if leave_one_out:
+                ids = _drop_self(ids, np.arange(start, stop))
+            yield start, stop, Q, ids
+
+    def _fill_missing(self, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        # A FAISS index also returns -1 for a finite row whose float32 distances overflow; the
+        # native brute force ranks such rows like every other, so it fills them in.
+        rows = np.flatnonzero((ids < 0).any(axis=1))
+        if self._exact is None:
+            self._exact = indexes.BruteIndex(self._state.train, {})
+        exact = self._exact.search(np.ascontiguousarray(Q[rows]), ids.shape[1])
+        ids = ids.copy()
+        ids[rows] = exact
+        return ids
+
+    def _top_k(self, sq: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The n_neighbors smallest exact distances among the candidates, and their ids."""
+        order = np.argsort(sq, axis=1, kind="stable")[:, : self._n_neighbors]
+        return np.take_along_axis(sq, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def _drop_self(ids: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
+    """Remove each row's own id from its candidates (or the farthest one if absent), keeping order."""
+    is_self = ids == row_ids[:, None]
+    absent = ~is_self.any(axis=1)
+    is_self[absent, -1] = True
+    return ids[~is_self].reshape(ids.shape[0], ids.shape[1] - 1)
