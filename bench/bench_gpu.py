@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 import dtpm_fast
-from dtpm_fast import DTPMNonParametric, _gpu
+from dtpm_fast import DTPMNonParametric
+from dtpm_fast.nonparametric import gpu as _gpu
 from dtpm_fast.schedule import PosteriorGrid
 
 K, T = 5, 300
