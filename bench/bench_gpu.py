@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 import dtpm_fast
-from dtpm_fast import DTPMNonParametric, _gpu
+from dtpm_fast import DTPMNonParametric
+from dtpm_fast.nonparametric import gpu as _gpu
 from dtpm_fast.schedule import PosteriorGrid
 
 K, T = 5, 300
@@ -204,9 +205,10 @@ def bench_end_to_end(rows: list, n_train: int, n_query: int, d: int, gen, with_d
             "unit": "rows/s",
             "target": "< 10 s",
             "ok": total < 10.0,
-            "note": f"search {t_search:.2f} s ({100 * t_search / total:.1f}%), posterior {t_post * 1e3:.1f} ms "
-            f"({100 * t_post / total:.2f}%); sample of 2048 vs float64: max rel err of D2 "
-            f"{worst:.1e}, exact K-NN distances in {100 * same:.2f}% of rows",
+            "note": f"search {t_search:.2f} s ({100 * t_search / total:.1f}%), "
+            f"posterior {t_post * 1e3:.1f} ms ({100 * t_post / total:.2f}%); "
+            f"sample of 2048 vs float64: max rel err of D2 {worst:.1e}, "
+            f"exact K-NN distances in {100 * same:.2f}% of rows",
         }
     )
     secs = wall_seconds(lambda: engine.decision_function(queries, "mean"))
@@ -262,7 +264,7 @@ def markdown(rows: list, header: dict) -> str:
             f"| {r['benchmark']} | {r['size']} | {t} | {r['rate']:.3g} {r['unit']} | {r['target']} | {ok} |"
         )
     notes = [f"- {r['benchmark']}: {r['note']}" for r in rows if r.get("note")]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    return "\n".join([*lines, "", *notes] if notes else lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -283,8 +285,13 @@ def main(argv=None) -> int:
 
     header = {
         "device": f"{props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs",
-        "driver / runtime": f"{_cuda.driver_version()} / {_cuda.runtime_version()} (built for {_cuda.architectures})",
-        "software": f"dtpm_fast {dtpm_fast.__version__}, torch {torch.__version__}, Python {platform.python_version()}",
+        "driver / runtime": (
+            f"{_cuda.driver_version()} / {_cuda.runtime_version()} (built for {_cuda.architectures})"
+        ),
+        "software": (
+            f"dtpm_fast {dtpm_fast.__version__}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}"
+        ),
         "faiss GPU": str(_gpu.faiss_gpu_available()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "sizes": "quick (smoke run)" if args.quick else "full (issue 4 targets)",

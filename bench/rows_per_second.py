@@ -16,7 +16,10 @@ def table(path: str) -> str:
     with open(path) as handle:
         data = json.loads(handle.read())
     lines = [
-        f"Size: {data.get('dtpm_fast', {}).get('bench_size', '?')}; machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}",
+        (
+            f"Size: {data.get('dtpm_fast', {}).get('bench_size', '?')}; "
+            f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}"
+        ),
         "",
         "| group | benchmark | rows | min s | mean s | rows/s (min) | rows/s (mean) |",
         "|---|---|---|---|---|---|---|",
@@ -24,7 +27,10 @@ def table(path: str) -> str:
     for b in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
         rows = b["extra_info"].get("rows")
         st = b["stats"]
-        rate = lambda t, rows=rows: f"{rows / t:,.0f}" if rows else "-"
+
+        def rate(t, rows=rows):
+            return f"{rows / t:,.0f}" if rows else "-"
+
         lines.append(
             f"| {b['group']} | {b['name']} | {rows or '-'} | {st['min']:.4f} | {st['mean']:.4f} | "
             f"{rate(st['min'])} | {rate(st['mean'])} |"

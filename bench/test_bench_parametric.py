@@ -70,10 +70,8 @@ def test_inference_authors_batch_of_100(benchmark, detector, rows):
     module = detector._module
 
     def score_in_batches_of_100(X):
-        out = []
         with torch.inference_mode():
-            for start in range(0, len(X), 100):
-                out.append(module(torch.from_numpy(X[start : start + 100])))
+            out = [module(torch.from_numpy(X[start : start + 100])) for start in range(0, len(X), 100)]
         return torch.cat(out).numpy()
 
     _run(benchmark, score_in_batches_of_100, rows[:32_768])

@@ -9,7 +9,7 @@ from dtpm_fast.schedule import ve_sigma2
 
 
 def posterior_oracle(sqdist: np.ndarray, n_features: int, T: int = 300):
-    """(mode, mean, posterior) of ALGORITHM.md section 3, evaluated on the full grid in float64."""
+    """(mode, mean, posterior) of docs/METHOD.md section 3, evaluated on the full grid in float64."""
     sigma2 = ve_sigma2(T)
     d2 = np.maximum(np.asarray(sqdist, dtype=np.float64), 0.0).mean(axis=1)
     a, b = n_features / 2.0 - 1.0, d2 / 2.0

@@ -218,10 +218,10 @@ def test_metrics_treat_nan_scores_as_zero_and_need_both_classes():
 # ------------------------------------------------------------------------------------ report
 
 
-def test_dataset_names_map_to_the_papers(shared_dir):
+def test_dataset_names_map_to_the_papers(shared_dir, reference_dir):
     import pandas as pd
 
-    paper = list(pd.read_csv(shared_dir / "reference" / "dte_paper_semi_aucroc.csv")["dataset"])
+    paper = list(pd.read_csv(reference_dir / "dte_paper_semi_aucroc.csv")["dataset"])
     ours = sorted(protocol.find_datasets(shared_dir / "data" / "adbench"))
     matches = match_paper_names(ours, paper)
     assert matches["6_cardio"].paper_name == "cardio"
@@ -254,7 +254,7 @@ def _runs_csv(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_cli_end_to_end_writes_runs_report_and_plot(data_dir, tmp_path, shared_dir, capsys):
+def test_cli_end_to_end_writes_runs_report_and_plot(data_dir, tmp_path, reference_dir, capsys):
     out = tmp_path / "out"
     argv = [
         "evaluate",
@@ -267,7 +267,7 @@ def test_cli_end_to_end_writes_runs_report_and_plot(data_dir, tmp_path, shared_d
         "--out",
         str(out),
         "--reference",
-        str(shared_dir / "reference"),
+        str(reference_dir),
     ]
     assert cli.main(argv) == 0
     rows = _runs_csv(out)

@@ -1,4 +1,4 @@
-"""Reproduce the DTE authors' implementation (ALGORITHM.md section 3, golden_dte_np.npz)."""
+"""Reproduce the DTE authors' implementation (docs/METHOD.md section 3, tests/data/golden_dte_np.npz)."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from dtpm_fast import DTPMNonParametric
 DATASETS = ["39_vertebral", "38_thyroid", "14_glass", "6_cardio"]
 
 
-@pytest.mark.parametrize("index", ["flat", "kdtree"])
+@pytest.mark.parametrize("index", ["auto", "flat", "kdtree"])
 @pytest.mark.parametrize("name", DATASETS)
 def test_scores_match_authors(golden, name, index):
     X_train, X_test = golden[f"{name}/X_train"], golden[f"{name}/X_test"]

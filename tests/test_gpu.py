@@ -654,10 +654,10 @@ def test_faiss_gpu_search_matches_brute_force(torch):
 # ---- the detector, CPU against GPU ---------------------------------------------------------------
 @pytest.fixture(scope="module", params=["synthetic", "cardio"])
 def train_test(request):
-    """(X_train, X_test): synthetic clusters (always there) and ADBench cardio (from ../shared)."""
+    """(X_train, X_test): synthetic clusters and ADBench cardio (from tests/data/golden_dte_np.npz)."""
     if request.param == "cardio":
-        shared = request.getfixturevalue("shared_dir")
-        with np.load(shared / "reference" / "golden_dte_np.npz") as data:
+        reference = request.getfixturevalue("reference_dir")
+        with np.load(reference / "golden_dte_np.npz") as data:
             return data["6_cardio/X_train"], data["6_cardio/X_test"]
     rng = np.random.default_rng(7)
     centres = rng.normal(0.0, 4.0, size=(5, 21))

@@ -1,4 +1,4 @@
-// Inverse-Gamma posterior over the diffusion time (ALGORITHM.md section 3), on host memory.
+// Inverse-Gamma posterior over the diffusion time (docs/METHOD.md section 3), on host memory.
 //
 // Per row the log-density f_t = -c log(sigma2_t) - b / sigma2_t (c = d/2, b = D2/2) is
 // unimodal in t, so the grid argmax is the number of the T-1 swap points (where consecutive

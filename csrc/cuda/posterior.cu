@@ -1,4 +1,4 @@
-// Inverse-Gamma posterior over the diffusion time (ALGORITHM.md section 3), on device memory.
+// Inverse-Gamma posterior over the diffusion time (docs/METHOD.md section 3), on device memory.
 //
 // Agrees with csrc/cpu/posterior.cpp where it matters for the result: D2 is summed in double
 // in neighbour order; the mode counts the same boundaries (L[t+1] - L[t]) / (I[t] - I[t+1])

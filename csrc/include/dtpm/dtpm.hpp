@@ -22,7 +22,7 @@ struct Schedule {
 ///
 /// For row i with D2 = mean_k sqdist[i, k], the posterior over t = 0..T-1 is
 ///   p(t) ~ exp(-(a + 1) log sigma2_t - b / sigma2_t),  a = d/2 - 1,  b = D2 / 2
-/// (ALGORITHM.md section 3). D2 == 0 puts all mass at t = 0; D2 == +inf at t = T-1.
+/// (docs/METHOD.md section 3). D2 == 0 puts all mass at t = 0; D2 == +inf at t = T-1.
 ///
 /// @param[in]  sqdist     [n, k] squared distances to the K nearest neighbours (host).
 ///                        Small negative values (norm-expansion rounding) count as 0.
