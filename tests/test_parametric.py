@@ -1,7 +1,7 @@
 """Parametric DTPM detectors (DTE-C, DTE-IG): contract, determinism, learning, export, loading, bad input.
 
 Tiny networks and few epochs keep this file fast; the paper-recipe quality runs live in
-bench/parametric_quality.py.
+studies/parametric_quality/parametric_quality.py.
 """
 
 from __future__ import annotations

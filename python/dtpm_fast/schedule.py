@@ -1,4 +1,4 @@
-"""Noise schedules (ALGORITHM.md section 2)."""
+"""Noise schedules (docs/METHOD.md section 2)."""
 
 from __future__ import annotations
 

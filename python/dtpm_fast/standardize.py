@@ -1,4 +1,4 @@
-"""Per-feature standardisation fitted on training data (ALGORITHM.md section 2)."""
+"""Per-feature standardisation fitted on training data (docs/METHOD.md section 2)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ KDTREE_MAX_DIM = 16
 
 
 def build_and_search(kind: str, X: np.ndarray, Q: np.ndarray) -> None:
-    from dtpm_fast import neighbours
+    from dtpm_fast.nonparametric import indexes as neighbours
 
     neighbours.build_index(kind, X, neighbours.resolve_params(kind, None)).search(Q, K)
 

@@ -121,7 +121,7 @@ def threads(model_path: str, rows: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import dtpm_fast
-    from dtpm_fast.commands import set_threads
+    from dtpm_fast.cli.score import set_threads
 
     model = dtpm_fast.load(model_path)
     X = np.random.default_rng(5).standard_normal((rows, N_FEATURES), dtype=np.float32)

@@ -1,14 +1,14 @@
-"""DDPM reconstruction detector: the paper's diffusion baseline (ALGORITHM.md section 5).
+"""DDPM reconstruction detector: the paper's diffusion baseline (docs/METHOD.md section 5).
 
 A denoising diffusion model (T = 1000 steps, linear beta schedule *with* drift) is trained to
 predict the noise added to normal rows. A query row is scored by running the reverse chain for
 ``reconstruction_steps`` steps starting from the clean row and measuring how far the result
 moved: rows unlike the training data are pulled further. By default the chain follows the
 posterior mean without the sampling noise z, as the authors' code does (this is what reproduces
-the paper's DDPM numbers; ALGORITHM.md writes the ancestral chain with z, available as
+the paper's DDPM numbers; docs/METHOD.md writes the ancestral chain with z, available as
 ``sampling_noise=True``). Every row needs one network
 evaluation per reverse step (250 by default), which is why the diffusion-time detectors of this
-package are orders of magnitude faster at inference; ``bench/ddpm_comparison.py`` measures that.
+package are orders of magnitude faster at inference; ``studies/ddpm_comparison/ddpm_comparison.py`` measures that.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def should_stop_early(epoch_losses, last_epoch_without_stop: int = 50, compare_w
     when ``n - 1 > last_epoch_without_stop`` and ``epoch_losses[n - 1] > epoch_losses[n -
     compare_with]``. These are the indices of the authors' code (``epoch > 50`` and
     ``train_losses[len - 40]``): the comparison is with the epoch 39 steps before the latest,
-    which ALGORITHM.md rounds to "40 epochs earlier"; the first possible stop is after the 52nd
+    docs/METHOD.md section 5 states the rule with these indices; the first possible stop is after the 52nd
     epoch.
 
     Parameters
@@ -330,11 +330,11 @@ class DDPMReconstruction(BaseDetector):
         same device and ``inference_batch_size``. With None each fit and each noisy scoring
         call draws fresh entropy.
     sampling_noise : bool, default False
-        True adds z ~ N(0, I) at each reverse step (ancestral sampling, as ALGORITHM.md
+        True adds z ~ N(0, I) at each reverse step (ancestral sampling, as docs/METHOD.md
         section 5 writes it). False (the default) follows the posterior mean only: this is
         what the authors' public code runs (its noise term is commented out) and what
         reproduces the paper's DDPM column (42_WBC seed 0: AUC-ROC 99.6 without the noise,
-        93.7 with it, paper 99.2; ``bench/results/ddpm_comparison.md`` has more). The
+        93.7 with it, paper 99.2; ``studies/ddpm_comparison/ddpm_comparison.md`` has more). The
         noise-free chain is deterministic given the network.
     early_stopping : bool, default True
         The authors' rule (:func:`should_stop_early`): after epoch 50, stop once the epoch's

@@ -34,7 +34,7 @@ class ModelOptions:
         Further keyword arguments passed to every trained model that accepts them.
     n_neighbors : int or None
         K of the neighbour models (np, np-mode, knn); None = theirs (5). The paper's
-        unsupervised KNN column was computed with 32 (bench/results/evaluation.md).
+        unsupervised KNN column was computed with 32 (studies/adbench_evaluation/evaluation.md).
     """
 
     seed: int = 0

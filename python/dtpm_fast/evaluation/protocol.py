@@ -1,4 +1,4 @@
-"""The ADBench evaluation protocol as the DTE authors ran it (ALGORITHM.md, section 6).
+"""The ADBench evaluation protocol as the DTE authors ran it (docs/METHOD.md section 6).
 
 Per dataset and seed, in this order:
 

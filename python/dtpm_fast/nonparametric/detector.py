@@ -34,7 +34,7 @@ class FittedState:
 
 
 class DTPMNonParametric(BaseDetector):
-    """Non-parametric diffusion-time anomaly detector (DTE-NP, ALGORITHM.md section 3).
+    """Non-parametric diffusion-time anomaly detector (DTE-NP, docs/METHOD.md section 3).
 
     The score of a row is the posterior mean (or mode) of the diffusion time t in 0..T-1
     given the mean squared distance D2 to its ``n_neighbors`` nearest training rows:

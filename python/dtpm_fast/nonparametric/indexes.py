@@ -17,7 +17,7 @@ INDEX_KINDS = ("auto", "flat", "brute", "kdtree", "hnsw", "ivf")
 
 # "auto": exact search always. A KD-tree's query cost grows like log(n_train) against the brute
 # force's n_train, so it wins only at very low dimension and from enough training rows: measured
-# (bench/results/index_choice.md, build + 10k queries) it is 1.4-2.8x faster at d = 3 from 10k
+# (studies/index_choice/index_choice.md, build + 10k queries) it is 1.4-2.8x faster at d = 3 from 10k
 # rows and about even at 1k, loses 1.9x at d = 5 with 10k rows but wins 1.2x at 100k, and loses
 # from d = 7 at every size up to 100k. Below these row counts (and above d = 5) the native brute
 # force (3-30x faster than FAISS flat at every size measured).

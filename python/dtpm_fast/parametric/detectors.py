@@ -309,7 +309,7 @@ _COMMON_PARAMS_DOC = """
 
 class DTPMCategorical(_ParametricDTPM):
     __doc__ = (
-        """Parametric DTPM with a categorical head (DTE-C, ALGORITHM.md section 4).
+        """Parametric DTPM with a categorical head (DTE-C, docs/METHOD.md section 4).
 
     An MLP trained on normal rows classifies the diffusion time of a noised row into
     ``num_bins`` equal bins of 0..T-1 (cross-entropy on the logits). The score of a clean row
@@ -320,12 +320,12 @@ class DTPMCategorical(_ParametricDTPM):
     num_bins : int, default 7
         Bins of the diffusion time (2 <= num_bins <= T).
     loss : {"cross_entropy", "double_softmax"}, default "cross_entropy"
-        ``"cross_entropy"``: cross-entropy on the logits (ALGORITHM.md section 4).
+        ``"cross_entropy"``: cross-entropy on the logits (docs/METHOD.md section 4).
         ``"double_softmax"``: the authors' code, which applies the cross-entropy to softmax
         outputs (two softmaxes). On 17 ADBench data sets (3 seeds) the default is 1.27 AUC-ROC
         points better on average, but the authors' loss is better on 38_thyroid, 39_vertebral
         and 6_cardio and is the one that reproduces the paper's DTE-C column on every data set
-        (bench/results/parametric_quality.md). The scoring graph is the same for both."""
+        (studies/parametric_quality/parametric_quality.md). The scoring graph is the same for both."""
         + _COMMON_PARAMS_DOC
     )
 
@@ -391,7 +391,7 @@ class DTPMCategorical(_ParametricDTPM):
 
 class DTPMInverseGamma(_ParametricDTPM):
     __doc__ = (
-        """Parametric DTPM with an inverse-Gamma head (DTE-IG, ALGORITHM.md section 4).
+        """Parametric DTPM with an inverse-Gamma head (DTE-IG, docs/METHOD.md section 4).
 
     An MLP trained on normal rows predicts s, and beta_hat = s^2 is the scale of an
     inverse-Gamma distribution (shape a = d/2 - 1) over the noise variance of a noised row

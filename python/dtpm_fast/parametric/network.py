@@ -1,4 +1,4 @@
-"""The DTPM multilayer perceptron and the scoring modules that wrap it (ALGORITHM.md section 4).
+"""The DTPM multilayer perceptron and the scoring modules that wrap it (docs/METHOD.md section 4).
 
 This module imports torch; the detectors import it lazily, so ``import dtpm_fast`` stays
 torch-free. A *scoring module* maps raw rows (float32, shape (n, d)) to anomaly scores with
@@ -98,7 +98,7 @@ class InverseGammaScorer(_Standardized):
     beta_hat = s^2 with s the network output; the shape a = d/2 - 1 is fixed. The mode ranks
     rows as |s|. (The authors' code returns the signed s, whose sign the loss never sees: when
     the network happens to output s < 0 that ranking is inverted; see
-    bench/results/parametric_quality.md.)
+    studies/parametric_quality/parametric_quality.md.)
     """
 
     def __init__(self, net: nn.Sequential, mean: np.ndarray, scale: np.ndarray, shape_a: float) -> None:

@@ -1,4 +1,4 @@
-"""Training loop of the parametric DTPM models (ALGORITHM.md section 4).
+"""Training loop of the parametric DTPM models (docs/METHOD.md section 4).
 
 Each step draws t uniformly from 0..T-1 per row, noises the standardised row as
 x_t = x_0 + sqrt(sigma2_t) * eps (variance-exploding, no drift) and fits the network to t:
@@ -25,7 +25,7 @@ from dtpm_fast.schedule import ve_sigma2
 IG_LOG_EPS = 1e-5
 #: Losses of the categorical model: "cross_entropy" on the logits (the default), or
 #: "double_softmax", the authors' code: cross-entropy applied to softmax outputs, i.e. the
-#: logits go through two softmaxes (bench/results/parametric_quality.md compares them).
+#: logits go through two softmaxes (studies/parametric_quality/parametric_quality.md compares them).
 CATEGORICAL_LOSSES = ("cross_entropy", "double_softmax")
 
 
@@ -87,7 +87,7 @@ def train_network(
         Standardised training rows, on the training device.
     kind : {"categorical", "inverse_gamma"}
     T, num_bins, epochs, batch_size, lr, weight_decay
-        The recipe (ALGORITHM.md section 4); the last partial batch is kept.
+        The recipe (docs/METHOD.md section 4); the last partial batch is kept.
     categorical_loss_name : {"cross_entropy", "double_softmax"}
         See :data:`CATEGORICAL_LOSSES`.
     progress : bool, optional
