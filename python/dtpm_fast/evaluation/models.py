@@ -140,6 +140,13 @@ def _nonparametric(score: str) -> Callable[[ModelOptions], Any]:
     return build
 
 
+def _multiscale(options: ModelOptions) -> Any:
+    from dtpm_fast.plus import DTPMMultiScale
+
+    # CPU only; standardize=False for the reason given in _nonparametric.
+    return DTPMMultiScale(standardize=False, device="cpu")
+
+
 def _pyod_knn(options: ModelOptions) -> Any:
     try:
         from pyod.models.knn import KNN
@@ -168,6 +175,14 @@ register_model(
         _nonparametric("mode"),
         "DTPMNonParametric, posterior-mode score (K=5, T=300)",
         neighbours=True,
+    )
+)
+register_model(
+    ModelSpec(
+        "plus",
+        None,
+        _multiscale,
+        "DTPMMultiScale: DTE-NP posterior-mean time averaged over K = 1, 2, 4, 8, 16, 32 (T=300, CPU)",
     )
 )
 register_model(
