@@ -65,7 +65,9 @@ def test_scores_match_bruteforce_oracle(data, index, ladder):
     X_train, X_test = data
     detector = DTPMMultiScale(n_neighbors=ladder, index=index).fit(X_train)
     Z_train, Z_test = standardised(X_train, X_train), standardised(X_train, X_test)
-    np.testing.assert_allclose(detector.decision_function(X_test), oracle_scores(Z_test, Z_train, ladder), atol=2e-3)
+    np.testing.assert_allclose(
+        detector.decision_function(X_test), oracle_scores(Z_test, Z_train, ladder), atol=2e-3
+    )
     # training scores leave-one-out: each row scored against the others only
     np.testing.assert_allclose(
         detector.decision_scores_, oracle_scores(Z_train, Z_train, ladder, leave_one_out=True), atol=2e-3
@@ -79,7 +81,9 @@ def test_view_scores_are_the_per_k_posterior_means(data):
     assert views.shape == (len(X_test), 2)
     np.testing.assert_allclose(views.mean(axis=1), detector.decision_function(X_test), rtol=0, atol=1e-12)
     for j, k in enumerate((2, 9)):
-        np.testing.assert_allclose(views[:, j], DTPMNonParametric(n_neighbors=k).fit(X_train).decision_function(X_test))
+        np.testing.assert_allclose(
+            views[:, j], DTPMNonParametric(n_neighbors=k).fit(X_train).decision_function(X_test)
+        )
 
 
 @pytest.mark.parametrize("k", [1, 5])

@@ -98,7 +98,7 @@ class DTPMMultiScale(BaseDetector):
             )
         check_choice(self.device, "device", DEVICES)
         if not isinstance(self.standardize, (bool, np.bool_)):
-            raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
+            raise ValueError(f"standardize must be True or False, got {self.standardize!r}")  # noqa: TRY004
         self._check_contamination()
         return ladder
 
@@ -161,7 +161,11 @@ class DTPMMultiScale(BaseDetector):
         grid = self._grid
         for start in range(0, X.shape[0], self.batch_size):
             stop = min(start + self.batch_size, X.shape[0])
-            Q = X[start:stop] if standardized or not self.standardize else self._scaler.transform(X[start:stop])
+            Q = (
+                X[start:stop]
+                if standardized or not self.standardize
+                else self._scaler.transform(X[start:stop])
+            )
             Q = np.ascontiguousarray(Q, dtype=np.float32)
             ids = self._index.search(Q, k_max + 1 if leave_one_out else k_max)
             if leave_one_out:

@@ -64,7 +64,9 @@ for name, path in sorted(proto.find_datasets(data_dir).items()):
         if TRANSFORM == "lw":
             tr, te = lw_whiten(s.X_train, s.X_test)
         elif TRANSFORM.startswith("sub"):  # a fixed random half of the features (at least 3)
-            cols = np.sort(np.random.RandomState(int(TRANSFORM[3:])).permutation(tr.shape[1])[: max(3, tr.shape[1] // 2)])
+            cols = np.sort(
+                np.random.RandomState(int(TRANSFORM[3:])).permutation(tr.shape[1])[: max(3, tr.shape[1] // 2)]
+            )
             tr, te = np.ascontiguousarray(tr[:, cols]), np.ascontiguousarray(te[:, cols])
         elif TRANSFORM.startswith("ns"):
             tr, te = neighbour_scale(tr, te, float(TRANSFORM[2:]))
@@ -73,6 +75,13 @@ for name, path in sorted(proto.find_datasets(data_dir).items()):
         d_te, i_te = index.search(te, k)
         d_tr, i_tr = index.search(tr, k + 1)
         i_tr, d_tr = loo(i_tr, d_tr, tr.shape[0])
-        np.savez(out, d_te=d_te, i_te=i_te.astype(np.int32), d_tr=d_tr, i_tr=i_tr.astype(np.int32),
-                 y=s.y_test.astype(np.int8), d=tr.shape[1])
+        np.savez(
+            out,
+            d_te=d_te,
+            i_te=i_te.astype(np.int32),
+            d_tr=d_tr,
+            i_tr=i_tr.astype(np.int32),
+            y=s.y_test.astype(np.int8),
+            d=tr.shape[1],
+        )
         print(name, seed, tr.shape, te.shape, flush=True)
