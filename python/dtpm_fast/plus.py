@@ -27,7 +27,10 @@ class DTPMMultiScale(BaseDetector):
     given D2_K under DTE-NP's inverse-Gamma model (ALGORITHM.md section 3, shape d/2 - 1, scale
     D2_K/2, T steps). The score is the plain average of the t_K: every view is already on the
     same diffusion-time scale [0, T-1], so no calibration between views is needed. With a single
-    K the score equals ``DTPMNonParametric(n_neighbors=K, score="mean")``'s.
+    K the score equals ``DTPMNonParametric(n_neighbors=K, score="mean")``'s. A query that repeats a
+    training row exactly gets time 0 in the K = 1 view; on ADBench, whose protocol resamples small
+    data sets with replacement, that accounts for most of the gain over DTE-NP
+    (studies/plus_detector/README.md).
 
     Parameters
     ----------
