@@ -24,6 +24,7 @@ FACTORIES = {
     "np-kdtree-mode": lambda: DTPMNonParametric(index="kdtree", score="mode"),
     "np-hnsw": lambda: DTPMNonParametric(index="hnsw"),
     "np-ivf": lambda: DTPMNonParametric(index="ivf", index_params={"nlist": 4, "nprobe": 2}),
+    "plus": lambda: dtpm_fast.DTPMMultiScale(),
     "categorical": _torch_factory("DTPMCategorical", **TINY_NET),
     "inverse-gamma": _torch_factory("DTPMInverseGamma", **TINY_NET),
     "ddpm": _torch_factory(

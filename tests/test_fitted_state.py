@@ -16,6 +16,7 @@ TINY_DDPM = {"epochs": 1, "width": 8, "block_hidden": 8, "time_width": 8, "n_blo
              "reconstruction_steps": 3, "T": 20, "random_state": 0, "device": "cpu"}
 KINDS = {
     "np": lambda: dtpm_fast.DTPMNonParametric(),
+    "plus": lambda: dtpm_fast.DTPMMultiScale(n_neighbors=(1, 3)),
     "categorical": lambda: dtpm_fast.DTPMCategorical(**TINY_NET),
     "inverse-gamma": lambda: dtpm_fast.DTPMInverseGamma(**TINY_NET),
     "ddpm": lambda: dtpm_fast.DDPMReconstruction(**TINY_DDPM),
@@ -31,7 +32,7 @@ def _other_value(value):
     if isinstance(value, float):
         return value / 2
     if isinstance(value, tuple):
-        return (*value, *value[:1])
+        return (*value, value[-1] + 1)
     if isinstance(value, str):
         return {"auto": "cpu", "cpu": "auto", "mean": "mode", "cross_entropy": "double_softmax"}.get(value, "brute")
     if value is None:
@@ -42,7 +43,7 @@ def _other_value(value):
 
 
 def _fitted(kind, X):
-    if kind != "np":
+    if kind not in ("np", "plus"):
         pytest.importorskip("torch")
     return KINDS[kind]().fit(X)
 
@@ -63,7 +64,7 @@ def _uses(detector, X, tmp_path):
         "deepcopy": lambda: copy.deepcopy(detector),
         "to_device": lambda: detector.to_device("cpu"),
     }
-    if hasattr(detector, "posterior"):
+    if hasattr(detector, "posterior") and not isinstance(detector, dtpm_fast.DTPMMultiScale):  # no posterior
         calls["posterior"] = lambda: detector.posterior(X)
     return calls
 

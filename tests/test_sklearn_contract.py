@@ -26,7 +26,7 @@ TINY_DDPM = {"epochs": 1, "width": 8, "block_hidden": 8, "time_width": 8, "n_blo
 
 
 def _detectors():
-    made = [dtpm_fast.DTPMNonParametric(n_neighbors=3)]
+    made = [dtpm_fast.DTPMNonParametric(n_neighbors=3), dtpm_fast.DTPMMultiScale(n_neighbors=(1, 2, 4))]
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -93,7 +93,7 @@ _SCORE = {
 def expected_failed_checks(estimator) -> dict[str, str]:
     """The checks that cannot apply to ``estimator``, with the reason for each."""
     expected = dict(_COMMON)
-    if isinstance(estimator, (dtpm_fast.DTPMNonParametric, dtpm_fast.DTPMInverseGamma)):
+    if isinstance(estimator, (dtpm_fast.DTPMNonParametric, dtpm_fast.DTPMInverseGamma)):  # incl. MultiScale
         expected.update(_D_AT_LEAST_3)
     if isinstance(estimator, dtpm_fast.DTPMNonParametric):
         expected.update(_SCORE)

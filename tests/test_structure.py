@@ -125,7 +125,7 @@ def _fit_file(tmp_path, key: str) -> Path:
     rng = np.random.default_rng(1)
     np.save(tmp_path / "train.npy", rng.standard_normal((120, 4)).astype(np.float32))
     model = tmp_path / f"{key}.dtpm"
-    extra = [] if key == "np" else ["--epochs", "1"]
+    extra = ["--epochs", "1"] if _registry.BY_KEY[key].needs_torch else []
     subprocess.run(
         [sys.executable, "-m", "dtpm_fast", "fit", str(tmp_path / "train.npy"), "--model", key,
          "-o", str(model), "-q", *extra],
@@ -145,7 +145,7 @@ def test_score_device_is_honoured_for_every_model_kind(tmp_path, key):
     np.save(tmp_path / "rows.npy", np.random.default_rng(2).standard_normal((30, 4)).astype(np.float32))
     rows = str(tmp_path / "rows.npy")
     assert main(["score", str(model), rows, "-o", str(tmp_path / "cpu.csv"), "--device", "cpu", "-q"]) == 0
-    if not cuda_status(native=key == "np")[0]:
+    if not cuda_status(native=not _registry.BY_KEY[key].needs_torch)[0] or key == "plus":
         # Asked for a GPU that is not there: refused, never silently scored on the CPU.
         code = main(["score", str(model), rows, "-o", str(tmp_path / "gpu.csv"), "--device", "cuda", "-q"])
         assert code == 1 and not (tmp_path / "gpu.csv").exists()

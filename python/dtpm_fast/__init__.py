@@ -10,7 +10,7 @@ import importlib
 
 from dtpm_fast import _core, _registry
 from dtpm_fast._validation import NotFittedError
-from dtpm_fast.nonparametric import DTPMNonParametric
+from dtpm_fast.nonparametric import DTPMMultiScale, DTPMNonParametric
 
 __version__: str = _core.__version__
 
@@ -24,6 +24,7 @@ __all__ = [
     "DDPMReconstruction",
     "DTPMCategorical",
     "DTPMInverseGamma",
+    "DTPMMultiScale",
     "DTPMNonParametric",
     "NotFittedError",
     "__version__",

@@ -48,6 +48,14 @@ KINDS: tuple[DetectorKind, ...] = (
         "non-parametric DTPM: K nearest neighbours -> inverse-Gamma posterior (no training)",
     ),
     DetectorKind(
+        "DTPMMultiScale",
+        "dtpm_fast.nonparametric",
+        "plus",
+        False,
+        None,
+        "DTE-NP's posterior-mean time averaged over K = 1, 2, 4, 8, 16, 32 (CPU)",
+    ),
+    DetectorKind(
         "DTPMCategorical",
         "dtpm_fast.parametric",
         "categorical",

@@ -154,7 +154,7 @@ for _kind in KINDS:
             _detector(_kind),
             f"{_kind.class_name}: {_kind.description}",
             trained=_kind.needs_torch,
-            neighbours=_kind.key == "np",
+            neighbours=_kind.key in ("np", "plus"),
         )
     )
 register_model(

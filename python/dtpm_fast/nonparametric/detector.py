@@ -127,10 +127,10 @@ class DTPMNonParametric(BaseDetector):
             raise ValueError(
                 f"X has {d} feature(s); DTPM needs at least 3 (the inverse-Gamma shape d/2 - 1 must be positive)."
             )
-        if self.n_neighbors >= n:
+        if self._largest_k() >= n:
             raise ValueError(
-                f"n_neighbors={self.n_neighbors} must be smaller than the number of training rows (n_samples = {n}): "
-                "each training row is scored against the others."
+                f"n_neighbors={self.n_neighbors} must be smaller than the number of training rows "
+                f"(n_samples = {n}): each training row is scored against the others."
             )
         device = resolve_device(self.device)
         scaler = Standardizer.fit(X) if self.standardize else Standardizer.identity(d)
@@ -148,6 +148,9 @@ class DTPMNonParametric(BaseDetector):
         mode, mean = self._backend.train_scores()
         self._set_threshold(mean if self.score == "mean" else mode.astype(np.float64))
         return self
+
+    def _largest_k(self) -> int:
+        return self.n_neighbors
 
     def _make_backend(self, device: str, serialized_index: bytes | None = None):
         """The CPU or GPU backend over the fitted state, for a resolved ``device``."""

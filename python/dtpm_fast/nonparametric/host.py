@@ -19,12 +19,23 @@ class HostBackend:
         K, and the query rows searched and scored at a time (``batch_size`` may be changed later).
     serialized_index : bytes, optional
         A saved approximate index to restore instead of building one.
+    ladder : tuple of int, optional
+        Multi-scale scoring (``DTPMMultiScale``): the posterior mean is averaged over these K,
+        ascending, the last one being ``n_neighbors``; only means are computed then.
     """
 
     device_name = "cpu"
 
-    def __init__(self, state, n_neighbors: int, batch_size: int, serialized_index: bytes | None = None):
+    def __init__(
+        self,
+        state,
+        n_neighbors: int,
+        batch_size: int,
+        serialized_index: bytes | None = None,
+        ladder: tuple[int, ...] | None = None,
+    ):
         self._state = state
+        self._ladder = ladder
         self._n_neighbors = n_neighbors
         self.batch_size = batch_size
         self._serialized_index = serialized_index
@@ -63,6 +74,9 @@ class HostBackend:
             sq, _ = _core.neighbour_sqdist(Q, self._state.train, ids, False)
             if ids.shape[1] > self._n_neighbors:
                 sq = self._top_k(sq, ids)[0]
+            if self._ladder is not None:
+                mean[start:stop] = self._ladder_times(sq).mean(axis=1)
+                continue
             m, mu, p = _core.posterior(
                 sq,
                 self._state.n_features,
@@ -79,6 +93,31 @@ class HostBackend:
             if want_posterior:
                 post[start:stop] = p
         return mode, mean, post
+
+    def _ladder_times(self, sq: np.ndarray) -> np.ndarray:
+        """Posterior mean times for each K of the ladder, shape (n, len(ladder)), from (n, K_max) distances."""
+        sq = np.sort(sq, axis=1)  # exact distances, ascending: the first K are the K nearest
+        grid = self._state.grid
+        times = np.empty((sq.shape[0], len(self._ladder)), dtype=np.float64)
+        for j, k in enumerate(self._ladder):
+            _, times[:, j], _ = _core.posterior(
+                np.ascontiguousarray(sq[:, :k]),
+                self._state.n_features,
+                grid.log_sigma2,
+                grid.inv_sigma2,
+                False,
+                True,
+                False,
+            )
+        return times
+
+    def view_scores(self, X) -> np.ndarray:
+        """Multi-scale: the per-K posterior mean times, shape (n, len(ladder))."""
+        out = np.empty((X.shape[0], len(self._ladder)), dtype=np.float64)
+        for start, stop, Q, ids in self._neighbour_batches(X):
+            sq, _ = _core.neighbour_sqdist(Q, self._state.train, ids, False)
+            out[start:stop] = self._ladder_times(sq)
+        return out
 
     def decision_function(self, X, score: str) -> np.ndarray:
         mode, mean, _ = self.score_rows(X, want_mode=score == "mode", want_mean=score == "mean")
