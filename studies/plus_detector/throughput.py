@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from dtpm_fast import DTPMNonParametric, _core
-from dtpm_fast.plus import DTPMMultiScale
+from dtpm_fast import DTPMMultiScale
 
 n_train, n_query, d, repeats = (
     list(map(int, sys.argv[1:])) + [100_000, 100_000, 32, 2][len(sys.argv) - 1 :]
