@@ -1,7 +1,10 @@
-"""``python -m dtpm_fast``: the built-in demo; with arguments, the ``dtpm-fast`` command line."""
+"""``python -m dtpm_fast [--plot PATH]``: the built-in demo; otherwise the ``dtpm-fast`` command line."""
 
 import sys
 
 from dtpm_fast.cli import main
 
-sys.exit(main(sys.argv[1:] or ["demo"]))
+argv = sys.argv[1:]
+if not argv or argv[0] == "--plot" or argv[0].startswith("--plot="):  # demo options without "demo"
+    argv = ["demo", *argv]
+sys.exit(main(argv))

@@ -17,8 +17,11 @@ def load_cardio() -> tuple[np.ndarray, np.ndarray]:
         return data["X"].astype(np.float32), data["y"].astype(np.int64)
 
 
-def run(top: int = 5, seed: int = 0) -> dict:
-    """Semi-supervised split (train on half of the normal rows), fit, score; returns the numbers."""
+def run(top: int = 5, seed: int = 0, plot=None) -> dict:
+    """Semi-supervised split (train on half of the normal rows), fit, score; returns the numbers.
+
+    With ``plot`` (a path), also writes dtpm_fast.plotting.plot_overview of the test rows there.
+    """
     from dtpm_fast.nonparametric import DTPMNonParametric
 
     X, y = load_cardio()
@@ -35,6 +38,10 @@ def run(top: int = 5, seed: int = 0) -> dict:
     score_s = time.perf_counter() - start
     order = np.argsort(-scores)[:top]
     contributions = model.explain(X[test[order]])
+    if plot is not None:
+        from dtpm_fast.plotting import plot_overview
+
+        plot_overview(model, X[test], y[test], path=plot)
     return {
         "n_train": train.size,
         "n_test": test.size,
@@ -74,4 +81,17 @@ def _print_report(r: dict) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="fit and score the bundled cardio data, print AUC-ROC")
     parser.add_argument("--top", type=int, default=5, help="how many top anomalies to show")
-    parser.set_defaults(func=lambda args: _print_report(run(top=args.top)) or 0)
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also write a figure (scores, posteriors, explanation) there; needs matplotlib",
+    )
+    parser.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    result = run(top=args.top, plot=args.plot)
+    _print_report(result)
+    if args.plot is not None:
+        print(f"  figure written to {args.plot}")
+    return 0
