@@ -82,6 +82,10 @@ _F32_MAX = float(np.finfo(np.float32).max)
 # The header of a CSV input is read in chunks of this size, up to this length.
 _HEADER_CHUNK = 1 << 16
 _MAX_HEADER_BYTES = 1 << 24
+# CSV text is parsed in blocks of whole lines of about this many bytes; one line may not
+# be longer than _MAX_LINE_BYTES.
+_CSV_BLOCK = 1 << 22
+_MAX_LINE_BYTES = 1 << 28
 # How many skipped rows are described individually; the rest are only counted.
 _MAX_EXAMPLES = 5
 
@@ -526,38 +530,6 @@ def _columns_to_matrix(columns: Sequence[pa.Array], m: int) -> np.ndarray:
 # --------------------------------------------------------------------------- CSV
 
 
-class _Replay(io.RawIOBase):
-    """A readable stream: ``prefix`` (bytes already read from ``file``), then the rest of ``file``.
-
-    Lets the header be read before the parser starts without opening or seeking the input
-    a second time. ``consumed`` counts the input bytes handed out (progress).
-    """
-
-    def __init__(self, prefix: bytes, file: io.RawIOBase):
-        super().__init__()
-        self._prefix = memoryview(prefix)
-        self._file = file
-        self.consumed = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        filled = 0
-        if len(self._prefix):
-            filled = min(len(view), len(self._prefix))
-            view[:filled] = self._prefix[:filled]
-            self._prefix = self._prefix[filled:]
-        while filled < len(view):  # pipes return short reads: fill the buffer or reach the end
-            n = self._file.readinto(view[filled:])
-            if not n:
-                break
-            filled += n
-        self.consumed += filled
-        return filled
-
-
 def _has_header_line(text: bytes) -> bool:
     """Whether ``text`` holds a complete non-blank first line."""
     stripped = text.lstrip(b"\r\n")
@@ -573,18 +545,22 @@ def _looks_numeric(name: str) -> bool:
 
 
 class CsvBatchReader(BatchReader):
-    """Stream a CSV file (with a header line) through pyarrow's streaming CSV reader.
+    """Read a CSV file (with a header line) block by block with pyarrow's CSV parser.
 
-    The header is read first and its bytes are replayed to the parser, so the input is
-    opened and read once (a pipe works). Values are parsed as bytes and converted per
-    batch: a value that is not a number -- or not even valid UTF-8 -- is a bad row like
-    any other, never an error of the whole read.
+    The input is read once, front to back, in this thread: the header first, then blocks
+    of whole lines (about :data:`_CSV_BLOCK` bytes, decompressed here for ``.csv.gz``), each
+    parsed by :func:`pyarrow.csv.read_csv` from memory. No Arrow I/O thread ever reads from
+    the Python file object: such a thread, still reading ahead when an error ended the loop
+    early, called into a finalising interpreter at exit and aborted the process (SIGABRT).
+    Values are parsed as bytes and converted per batch, so a value that is not a number --
+    or not even valid UTF-8 -- is a bad row like any other, never an error of the read.
     """
 
     def __init__(self, path, source, **kwargs):
         super().__init__(path, source, **kwargs)
         columns = kwargs["columns"]
-        self._gzip = path.lower().endswith(".gz")
+        self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16) if path.lower().endswith(".gz") else None
+        self._consumed = False
         header = self._read_header()
         if len(set(header)) != len(header):
             raise ValueError(f"{path!r} has repeated column names in its header: {header}")
@@ -607,61 +583,101 @@ class CsvBatchReader(BatchReader):
         for name in columns:
             if name not in header:
                 raise ValueError(f"feature column {name!r} is not in {path!r} (columns: {header})")
+        self._header = header
         self.feature_columns = list(columns)
         if self.id_column is not None:
             self.id_type = pa.string()  # ids are copied as written in the file
         self.progress_unit = "bytes"
         self.progress_total = source.size
 
+    # ---- reading the input, in text blocks --------------------------------------------------
+
+    def _read_raw(self) -> bytes:
+        """The next piece of the input, decompressed; b"" at the end."""
+        while True:
+            chunk = self._source.file.read(self._chunk_size)
+            self.progress_done += len(chunk)
+            if self._inflate is None:
+                return chunk
+            try:
+                if not chunk:
+                    text = self._inflate.flush()
+                    if not self._inflate.eof:
+                        raise ValueError(f"{self.path!r} is a truncated gzip file (it ends inside the stream)")
+                    return text
+                text = self._inflate.decompress(chunk)
+                while self._inflate.eof and self._inflate.unused_data:  # a next gzip member
+                    rest = self._inflate.unused_data
+                    self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+                    text += self._inflate.decompress(rest)
+            except zlib.error as exc:
+                raise ValueError(f"{self.path!r} is not a valid gzip file ({exc})") from None
+            if text:
+                return text
+
     def _read_header(self) -> list[str]:
-        """Read the input up to the end of its header line; keep those bytes for the parser."""
-        file = self._source.file
-        raw = bytearray()
-        text = bytearray()
-        inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16) if self._gzip else None
-        while not _has_header_line(text):
-            chunk = file.read(_HEADER_CHUNK)
+        """Read the input up to the end of its header line (the bytes are kept for the parser)."""
+        self._text = bytearray()
+        self._chunk_size = _HEADER_CHUNK
+        while not _has_header_line(self._text):
+            chunk = self._read_raw()
             if not chunk:
                 break
-            raw += chunk
-            if inflate is None:
-                text += chunk
-            else:
-                try:
-                    text += inflate.decompress(chunk)
-                except zlib.error as exc:
-                    raise ValueError(f"{self.path!r} is not a valid gzip file ({exc})") from None
-            if len(text) > _MAX_HEADER_BYTES:
+            self._text += chunk
+            if len(self._text) > _MAX_HEADER_BYTES and not _has_header_line(self._text):
                 raise ValueError(
                     f"the first line of CSV file {self.path!r} is longer than {_MAX_HEADER_BYTES} bytes; "
                     "is this a CSV file?"
                 )
-        if not text.strip():
-            raise ValueError(
-                f"CSV file {self.path!r} is empty: it needs a header line naming its columns"
-            )
-        self._prefix = bytes(raw)
+        if not self._text.strip():
+            raise ValueError(f"CSV file {self.path!r} is empty: it needs a header line naming its columns")
+        first = bytes(self._text).lstrip(b"\r\n")
+        line = first[: first.index(b"\n") + 1] if b"\n" in first else first
         try:
-            reader = pa_csv.open_csv(
-                pa.BufferReader(bytes(text)),
+            table = pa_csv.read_csv(
+                pa.BufferReader(line),
                 read_options=pa_csv.ReadOptions(use_threads=False),
-                parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip"),
                 convert_options=pa_csv.ConvertOptions(include_columns=[]),
             )
-            names = list(reader.schema.names)
-            reader.close()
         except (pa.ArrowException, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read the header line of CSV file {self.path!r}: {exc}") from None
-        return names
+        return list(table.schema.names)
+
+    def _blocks(self) -> Iterator[bytes]:
+        """Whole lines of the input, about ``_CSV_BLOCK`` bytes at a time (the header in the first)."""
+        pending, self._text = self._text, bytearray()
+        self._chunk_size = _CSV_BLOCK
+        while True:
+            chunk = self._read_raw()
+            if chunk:
+                pending += chunk
+                if len(pending) < _CSV_BLOCK:
+                    continue
+                # newlines_in_values is off: every line end ends a row, so cutting there is safe
+                # ("\r\n" cut between "\r" and "\n" leaves an empty line, which is ignored).
+                cut = max(pending.rfind(b"\n"), pending.rfind(b"\r"))
+                if cut < 0:
+                    if len(pending) > _MAX_LINE_BYTES:
+                        raise ValueError(
+                            f"CSV file {self.path!r} has a line longer than {_MAX_LINE_BYTES} bytes"
+                        )
+                    continue
+                yield bytes(pending[: cut + 1])
+                del pending[: cut + 1]
+            else:
+                if pending:
+                    yield bytes(pending)
+                return
 
     def __iter__(self) -> Iterator[FeatureBatch]:
-        if self._source.file.closed:
+        if self._consumed or self._source.file.closed:
             raise ValueError(f"the reader of {self.path!r} is closed or was read already; open the file again")
+        self._consumed = True
         wanted = list(self.feature_columns)
         if self.id_column is not None and self.id_column not in wanted:
             wanted.append(self.id_column)
         # Bytes first, numbers per batch: one bad value (even invalid UTF-8) must not abort the
-        # whole stream, and ids keep their exact spelling (leading zeros etc.).
+        # whole read, and ids keep their exact spelling (leading zeros etc.).
         convert = pa_csv.ConvertOptions(
             column_types={name: pa.binary() for name in wanted},
             include_columns=wanted,
@@ -673,31 +689,39 @@ class CsvBatchReader(BatchReader):
             malformed.append(row)
             return "skip"
 
-        # use_threads=False: the row number of a malformed line is only known then.
-        read = pa_csv.ReadOptions(use_threads=False, block_size=1 << 22)
         parse = pa_csv.ParseOptions(invalid_row_handler=on_malformed)
-        replay = _Replay(self._prefix, self._source.file)
-        stream = reader = None
+        skipped_rows: list[int] = []  # 0-based data-row numbers of malformed lines not yet passed
+        first_malformed: tuple[int, str] | None = None  # with on_bad_row="error": raised in row order
+        cursor = 0  # next data-row number
+        block_start = 0  # data-row number of the first row of the current block
         try:
-            stream = pa.PythonFile(replay, mode="r")
-            if self._gzip:
-                stream = pa.CompressedInputStream(stream, "gzip")
-            reader = self._arrow_call(
-                pa_csv.open_csv, stream, read_options=read, parse_options=parse, convert_options=convert
-            )
-            skipped_rows: list[int] = []  # 0-based data-row numbers of malformed lines not yet passed
-            first_malformed: tuple[int, str] | None = None  # with on_bad_row="error": raised in row order
-            cursor = 0  # next data-row number
-            while True:
-                record_batch = self._arrow_call(reader.read_next_batch, at_row=cursor)
-                if record_batch is None:
-                    break
-                self.progress_done = replay.consumed
-                # A malformed line is reported while its block is parsed, before its batch arrives
-                # (and possibly before earlier rows with bad values are converted). pyarrow numbers
-                # it among the non-blank lines, header included.
+            for index, block in enumerate(self._blocks()):
+                if not block.strip():
+                    continue
+                # The first block starts with the header line; later ones are named after it.
+                read = pa_csv.ReadOptions(
+                    use_threads=False,
+                    block_size=len(block) + 1,
+                    column_names=None if index == 0 else self._header,
+                )
+                # pyarrow numbers rows among the non-blank lines of what it parses, from 1.
+                first_number = 2 if index == 0 else 1
+                try:
+                    table = pa_csv.read_csv(
+                        pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
+                    )
+                except (pa.ArrowException, UnicodeDecodeError) as exc:
+                    detail = str(exc).strip()
+                    match = re.search(r"Row #(\d+)", detail)
+                    where = (
+                        f"row {block_start + int(match.group(1)) - first_number + 1}"
+                        if match
+                        else f"rows after {block_start}"
+                    )
+                    detail = re.sub(r"\s*Row #\d+:?", "", detail)
+                    raise ValueError(f"cannot parse CSV file {self.path!r} at {where}: {detail}") from None
                 for row in malformed:
-                    data_row = row.number - 2
+                    data_row = block_start + row.number - first_number
                     description = (
                         f"row {data_row + 1}: expected {row.expected_columns} fields, found {row.actual_columns}"
                     )
@@ -707,12 +731,16 @@ class CsvBatchReader(BatchReader):
                     else:
                         self.bad_rows.add(description)
                     skipped_rows.append(data_row)
+                block_start += table.num_rows + len(malformed)
                 malformed.clear()
-                m = record_batch.num_rows
+                m = table.num_rows
                 rows, cursor = _row_numbers(cursor, m, skipped_rows)
-                for chunk_start in range(0, m, self.batch_rows):
-                    part = record_batch.slice(chunk_start, self.batch_rows)
-                    part_rows = rows[chunk_start : chunk_start + part.num_rows]
+                offset = 0
+                for part in table.to_batches(max_chunksize=self.batch_rows):
+                    part_rows = rows[offset : offset + part.num_rows]
+                    offset += part.num_rows
+                    if not part.num_rows:
+                        continue
                     if first_malformed is not None and first_malformed[0] < part_rows[0]:
                         raise _bad_row_error(first_malformed[1], first_malformed[0])
                     try:
@@ -723,42 +751,11 @@ class CsvBatchReader(BatchReader):
                         raise
                     if len(batch):
                         yield batch
-                if first_malformed is not None and first_malformed[0] < cursor:
+                if first_malformed is not None:
                     raise _bad_row_error(first_malformed[1], first_malformed[0])
-            for row in malformed:  # lines reported after the last batch
-                data_row = row.number - 2
-                description = f"row {data_row + 1}: expected {row.expected_columns} fields, found {row.actual_columns}"
-                if self.on_bad_row == "error":
-                    if first_malformed is None or data_row < first_malformed[0]:
-                        first_malformed = (data_row, description)
-                else:
-                    self.bad_rows.add(description)
-            if first_malformed is not None:
-                raise _bad_row_error(first_malformed[1], first_malformed[0])
-            self.progress_done = replay.consumed
+            self.progress_done = self.progress_total or self.progress_done
         finally:
-            # Release the Arrow reader and streams here, in the reading thread, whether the loop
-            # ended, raised or was closed early: nothing of Arrow outlives the read.
-            if reader is not None:
-                reader.close()
-            if stream is not None:
-                stream.close()
-            del reader, stream
             self.close()
-
-    def _arrow_call(self, function, *args, at_row: int = 0, **kwargs):
-        """Call into pyarrow's CSV reader; its errors become ValueError naming the file."""
-        try:
-            return function(*args, **kwargs)
-        except StopIteration:
-            return None
-        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-            detail = str(exc).strip()
-            # pyarrow counts rows among non-blank lines with the header as row 1.
-            match = re.search(r"Row #(\d+)", detail)
-            where = f"row {int(match.group(1)) - 1}" if match else f"after row {at_row}"
-            detail = re.sub(r"\s*Row #\d+:?", "", detail)
-            raise ValueError(f"cannot parse CSV file {self.path!r} at {where}: {detail}") from None
 
     def _convert(self, record_batch: pa.RecordBatch, rows: np.ndarray) -> FeatureBatch:
         m = record_batch.num_rows
