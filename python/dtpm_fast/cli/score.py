@@ -135,7 +135,14 @@ def _score_all(args, model, reader) -> int:
                 try:
                     scores, posterior_mean = score_batch(model, batch.features, args.posterior_mean)
                 except Exception as exc:  # noqa: BLE001 - reported with the rows, never skipped
-                    raise ModelFailure(batch.rows, exc) from exc
+                    raise ModelFailure(batch.rows, f"{type(exc).__name__}: {exc or '(no message)'}") from exc
+                for name, values in (("score", scores), ("posterior mean", posterior_mean)):
+                    if values is not None and not np.isfinite(values).all():
+                        position = int(np.flatnonzero(~np.isfinite(values))[0])
+                        raise ModelFailure(
+                            batch.rows[position : position + 1],
+                            f"it returned the {name} {values[position]} for a finite input row",
+                        )
                 columns_out = []
                 if args.id_column is not None:
                     columns_out.append(batch.ids)
@@ -164,16 +171,15 @@ class ModelFailure(ValueError):
 
     ``--on-bad-row skip`` skips *input* rows that cannot be scored (missing, non-numeric,
     infinite or too large values, wrong field counts); it never skips a row the model fails
-    on: that is a fault to see, so the command stops (exit 1) with the rows named and
-    writes nothing.
+    on -- an exception, or a NaN/infinite score for a finite row -- : that is a fault to
+    see, so the command stops (exit 1) with the row(s) named and writes nothing.
     """
 
-    def __init__(self, rows: np.ndarray, exc: BaseException):
+    def __init__(self, rows: np.ndarray, detail: str):
         first, last = int(rows[0]) + 1, int(rows[-1]) + 1
         where = f"row {first}" if first == last else f"a batch of rows {first}-{last}"
-        detail = str(exc) or "(no message)"
         super().__init__(
-            f"the model failed while scoring {where} ({type(exc).__name__}: {detail}); "
+            f"the model failed while scoring {where} ({detail}); "
             "these rows passed the input checks, so --on-bad-row skip does not skip them; "
             "nothing was written. Score the rows with the Python API to find the row, and report "
             "the failure if the input is valid"

@@ -82,8 +82,18 @@ def _score_block(block: np.ndarray, model, block_info=None) -> np.ndarray:
     start = 0
     if block_info is not None and 0 in block_info:
         start = int(block_info[0]["array-location"][0][0])
-    X = _checked_rows(np.asarray(block), lambda i: f"row {start + i} of the array (0-based)")
-    return np.asarray(model.decision_function(X), dtype=np.float64)
+    where = lambda i: f"row {start + i} of the array (0-based)"  # noqa: E731
+    X = _checked_rows(np.asarray(block), where)
+    return _finite_scores(model.decision_function(X), where)
+
+
+def _finite_scores(scores, where) -> np.ndarray:
+    """The model's scores as float64; a NaN or infinite score for a finite row is an error, not a result."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        i = int(np.flatnonzero(~np.isfinite(scores))[0])
+        raise ValueError(f"the model returned the score {scores[i]} for {where(i)}, a row of finite values")
+    return scores
 
 
 def _score_partition(frame, model, columns: list, partition_info=None):
@@ -99,10 +109,9 @@ def _score_partition(frame, model, columns: list, partition_info=None):
         values = frame[columns].to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"partition {number} of the DataFrame: columns {columns} are not all numeric ({exc})") from None
-    X = _checked_rows(
-        values, lambda i: f"the row with index {frame.index[i]!r} (row {i} of partition {number})", columns
-    )
-    scores = np.asarray(_unwrap(model).decision_function(X), dtype=np.float64)
+    where = lambda i: f"the row with index {frame.index[i]!r} (row {i} of partition {number})"  # noqa: E731
+    X = _checked_rows(values, where, columns)
+    scores = _finite_scores(_unwrap(model).decision_function(X), where)
     return pd.Series(scores, index=frame.index, name="score", dtype=np.float64)
 
 

@@ -365,6 +365,7 @@ class BatchReader:
         non_numeric: np.ndarray | None = None,
         raw_columns: Sequence[pa.Array] | None = None,
         bad_ids: np.ndarray | None = None,
+        row_problems: dict[int, str] | None = None,
     ) -> FeatureBatch:
         """Drop (or raise on) rows that cannot be scored; return the rest as float32.
 
@@ -372,7 +373,8 @@ class BatchReader:
         float32's range are bad rows, not infinities). ``non_numeric`` is an (m, d) bool mask
         of values that could not be parsed (their slots in ``values`` hold NaN);
         ``raw_columns`` the source text columns (to quote the offending text); ``bad_ids`` an
-        (m,) mask of rows whose id is unusable.
+        (m,) mask of rows whose id is unusable; ``row_problems`` maps data-row numbers of rows
+        found bad before parsing (such as text that is not UTF-8) to their description.
         """
         ok = np.isfinite(values)
         if values.dtype.kind == "f" and values.dtype.itemsize > 4:
@@ -380,11 +382,16 @@ class BatchReader:
         good = ok.all(axis=1)
         if bad_ids is not None:
             good &= ~bad_ids
+        if row_problems:
+            good &= ~np.isin(rows, np.fromiter(row_problems, dtype=np.int64))
         if good.all():
             return FeatureBatch(np.ascontiguousarray(values, dtype=np.float32), rows, ids)
         bad_positions = np.flatnonzero(~good)
         first = int(bad_positions[0])
-        description = self._describe_bad_row(values, ok, rows, first, non_numeric, raw_columns, bad_ids)
+        if row_problems and int(rows[first]) in row_problems:
+            description = f"row {int(rows[first]) + 1}: {row_problems[int(rows[first])]}"
+        else:
+            description = self._describe_bad_row(values, ok, rows, first, non_numeric, raw_columns, bad_ids)
         if self.on_bad_row == "error":
             raise _bad_row_error(description, int(rows[first]))
         self.bad_rows.add(description, n=len(bad_positions))
@@ -632,16 +639,16 @@ class CsvBatchReader(BatchReader):
         if not self._text.strip():
             raise ValueError(f"CSV file {self.path!r} is empty: it needs a header line naming its columns")
         first = bytes(self._text).lstrip(b"\r\n")
-        line = first[: first.index(b"\n") + 1] if b"\n" in first else first
+        line = first[: first.index(b"\n") + 1] if b"\n" in first else first + b"\n"
         try:
             table = pa_csv.read_csv(
                 pa.BufferReader(line),
                 read_options=pa_csv.ReadOptions(use_threads=False),
                 convert_options=pa_csv.ConvertOptions(include_columns=[]),
             )
+            return list(table.schema.names)
         except (pa.ArrowException, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read the header line of CSV file {self.path!r}: {exc}") from None
-        return list(table.schema.names)
 
     def _blocks(self) -> Iterator[bytes]:
         """Whole lines of the input, about ``_CSV_BLOCK`` bytes at a time (the header in the first)."""
@@ -666,6 +673,8 @@ class CsvBatchReader(BatchReader):
                 del pending[: cut + 1]
             else:
                 if pending:
+                    if not pending.endswith((b"\n", b"\r")):
+                        pending += b"\n"  # pyarrow cannot parse a header-only file without a line end
                     yield bytes(pending)
                 return
 
@@ -695,9 +704,20 @@ class CsvBatchReader(BatchReader):
         cursor = 0  # next data-row number
         block_start = 0  # data-row number of the first row of the current block
         try:
+            invalid_text: dict[int, str] = {}  # data rows whose line is not valid UTF-8
             for index, block in enumerate(self._blocks()):
                 if not block.strip():
                     continue
+                try:
+                    block.decode("utf-8")
+                except UnicodeDecodeError:
+                    # pyarrow hands a malformed row's text to the row handler as str: bytes that
+                    # are not UTF-8 make that fail inside pyarrow ("Exception ignored", then an
+                    # error for the whole read). Such lines are made valid for parsing and their
+                    # rows reported as bad, whatever else is wrong with them.
+                    block, lines = _replace_invalid_utf8(block, has_header=index == 0)
+                    for local, text in lines:
+                        invalid_text[block_start + local] = f"text that is not valid UTF-8 ({text!r})"
                 # The first block starts with the header line; later ones are named after it.
                 read = pa_csv.ReadOptions(
                     use_threads=False,
@@ -725,6 +745,8 @@ class CsvBatchReader(BatchReader):
                     description = (
                         f"row {data_row + 1}: expected {row.expected_columns} fields, found {row.actual_columns}"
                     )
+                    if data_row in invalid_text:
+                        description += f" and {invalid_text.pop(data_row)}"
                     if self.on_bad_row == "error":
                         if first_malformed is None:
                             first_malformed = (data_row, description)
@@ -744,7 +766,7 @@ class CsvBatchReader(BatchReader):
                     if first_malformed is not None and first_malformed[0] < part_rows[0]:
                         raise _bad_row_error(first_malformed[1], first_malformed[0])
                     try:
-                        batch = self._convert(part, part_rows)
+                        batch = self._convert(part, part_rows, invalid_text)
                     except BadRowError as exc:
                         if first_malformed is not None and first_malformed[0] < exc.row:
                             raise _bad_row_error(first_malformed[1], first_malformed[0]) from None
@@ -757,7 +779,7 @@ class CsvBatchReader(BatchReader):
         finally:
             self.close()
 
-    def _convert(self, record_batch: pa.RecordBatch, rows: np.ndarray) -> FeatureBatch:
+    def _convert(self, record_batch: pa.RecordBatch, rows: np.ndarray, row_problems=None) -> FeatureBatch:
         m = record_batch.num_rows
         values = np.empty((m, len(self.feature_columns)), dtype=np.float64)
         non_numeric = None
@@ -774,7 +796,33 @@ class CsvBatchReader(BatchReader):
         ids = bad_ids = None
         if self.id_column is not None:
             ids, bad_ids = _as_text(record_batch.column(self.id_column))
-        return self._filter_bad_rows(values, rows, ids, non_numeric, raw_columns, bad_ids)
+        problems = None
+        if row_problems:
+            problems = {int(r): row_problems.pop(int(r)) for r in rows if int(r) in row_problems}
+        return self._filter_bad_rows(values, rows, ids, non_numeric, raw_columns, bad_ids, problems)
+
+
+def _replace_invalid_utf8(block: bytes, has_header: bool) -> tuple[bytes, list[tuple[int, str]]]:
+    """``block`` with every line that is not valid UTF-8 decoded with replacement characters.
+
+    Returns the new block and, for each such line, its data-row number within the block
+    (counted as pyarrow does: non-blank lines, after the header when the block has it) and
+    its text with the offending bytes escaped (first 60 characters).
+    """
+    lines = re.split(rb"\r\n|\r|\n", block)
+    out, invalid = [], []
+    next_row = -1 if has_header else 0
+    for line in lines:
+        row = next_row
+        if line:
+            next_row += 1
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            invalid.append((row, line.decode("utf-8", errors="backslashreplace")[:60]))
+            line = line.decode("utf-8", errors="replace").encode("utf-8")
+        out.append(line)
+    return b"\n".join(out), invalid
 
 
 def _row_numbers(cursor: int, m: int, skipped_rows: list[int]) -> tuple[np.ndarray, int]:
