@@ -117,20 +117,26 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     path = Path(path)
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read {path} as an .npz archive: {exc}") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is a single .npy array, not an .npz archive holding 'X' and 'y'")
-    with data:
-        missing = {"X", "y"} - set(data.files)
-        if missing:
-            raise ValueError(f"{path} lacks array(s) {sorted(missing)}; ADBench files hold 'X' and 'y'")
-        try:
-            X = data["X"]
-            y = data["y"]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-            raise ValueError(f"cannot read the arrays of {path}: {exc}") from None
+        # Opened here, so the file is closed whatever np.load raises (it leaks its own handle
+        # on a damaged archive).
+        with path.open("rb") as fh:
+            try:
+                data = np.load(fh, allow_pickle=False)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"cannot read {path} as an .npz archive: {exc}") from None
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError(f"{path} is a single .npy array, not an .npz archive holding 'X' and 'y'")
+            with data:
+                missing = {"X", "y"} - set(data.files)
+                if missing:
+                    raise ValueError(f"{path} lacks array(s) {sorted(missing)}; ADBench files hold 'X' and 'y'")
+                try:
+                    X = data["X"]
+                    y = data["y"]
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+                    raise ValueError(f"cannot read the arrays of {path}: {exc}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     X = _check_features(X, f"{path}: X")
     y = check_labels(y, f"{path}: y", n_rows=X.shape[0])
     return X, y
@@ -172,7 +178,7 @@ def check_labels(y, where: str, n_rows: int | None = None) -> np.ndarray:
     if not valid.all():
         position = int(np.flatnonzero(~valid)[0])
         raise ValueError(
-            f"{where} must hold only 0 (normal) and 1 (anomaly); found {y[position]!r} at position {position}"
+            f"{where} must hold only 0 (normal) and 1 (anomaly); found {y[position].item()!r} at position {position}"
         )
     labels = y.astype(np.int64)
     if labels.size and (labels.min() == labels.max()):
