@@ -355,7 +355,7 @@ def _csv_tables(draw):
             continue
         if kind == "fields":
             count = draw(st.sampled_from([n for n in (1, n_cols - 1, n_cols + 1, n_cols + 3) if n > 0 and n != n_cols]))
-            cells = [b"1"] * count
+            cells = [draw(st.sampled_from([b"1", b"\xff", b"x"]))] * count  # invalid UTF-8 too
             lines.append(b",".join(cells))
             bad_rows.append(data_row)
             data_row += 1

@@ -376,9 +376,10 @@ class BatchReader:
         (m,) mask of rows whose id is unusable; ``row_problems`` maps data-row numbers of rows
         found bad before parsing (such as text that is not UTF-8) to their description.
         """
-        ok = np.isfinite(values)
         if values.dtype.kind == "f" and values.dtype.itemsize > 4:
-            ok &= np.abs(values) <= _F32_MAX
+            ok = np.abs(values) <= _F32_MAX  # False for NaN and infinities too: one pass
+        else:
+            ok = np.isfinite(values)
         good = ok.all(axis=1)
         if bad_ids is not None:
             good &= ~bad_ids
