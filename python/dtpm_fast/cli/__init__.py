@@ -29,6 +29,13 @@ _FLAG_FOR = {
     "id_column ": "--id-column ",
     "id_column is": "--id-column is",
     "columns=[...]": "--columns",
+    # dtpm_fast.evaluation (RunConfig and write_report parameters)
+    "as data_dir": "with --data",
+    "as reference_dir": "with --reference",
+    "another out_dir": "another --out",
+    "with this out_dir": "with this --out",
+    "seeds=[0]": "--seeds 0",
+    "the model options": "--model-option",
 }
 
 
@@ -63,6 +70,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, OSError, ImportError) as exc:
         print(f"dtpm-fast {args.command}: error: {_as_command_line(str(exc))}", file=sys.stderr)
+        return 1
+    except MemoryError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        print(
+            f"dtpm-fast {args.command}: error: not enough memory{detail}; use smaller options "
+            "(--batch-rows, model sizes) or a smaller input",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"dtpm-fast {args.command}: interrupted", file=sys.stderr)

@@ -13,6 +13,12 @@ from dtpm_fast.io import tables
 
 # Counts are passed to native code as C ints: larger values are refused here.
 MAX_COUNT = 2**31 - 1
+# Diffusion steps: the detectors' noise schedule is strictly increasing in float64 only up to
+# about this many steps (beyond, fit refuses it -- after allocating T values: 2**31 - 1 took
+# minutes and 16 GiB before failing).
+MAX_STEPS = 100_000
+# OpenMP/FAISS start one OS thread per requested thread: more than this is refused.
+MAX_THREADS = 1024
 
 
 def input_path(value: str) -> str:
@@ -66,6 +72,20 @@ def positive_int(value: str) -> int:
     return number
 
 
+def thread_count(value: str) -> int:
+    number = positive_int(value)
+    if number > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected a thread count in [1, {MAX_THREADS}], got {value!r}")
+    return number
+
+
+def step_count(value: str) -> int:
+    number = positive_int(value)
+    if number > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"expected a number of diffusion steps in [1, {MAX_STEPS}], got {value!r}")
+    return number
+
+
 def seed(value: str) -> int:
     try:
         number = int(value)
@@ -105,11 +125,36 @@ def key_value(value: str) -> tuple[str, object]:
         parsed = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         parsed = text  # a bare word such as a device name stays a string
-    if isinstance(parsed, float) and not math.isfinite(parsed):
-        raise argparse.ArgumentTypeError(f"{key}: expected a finite number, got {text!r}")
-    if isinstance(parsed, int) and not isinstance(parsed, bool) and abs(parsed) > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"{key}: {parsed} is beyond {MAX_COUNT}")
+    _check_literal(key, text, parsed)
+    if key == "T" and isinstance(parsed, int) and parsed > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"T: at most {MAX_STEPS} diffusion steps, got {parsed}")
     return key, parsed
+
+
+def _check_literal(key: str, text: str, value: object) -> None:
+    """Numbers inside a KEY=VALUE literal (also inside tuples, lists, dicts) must be representable."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{key}: expected finite numbers, got {text!r}")
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"{key}: {value} is beyond {MAX_COUNT}")
+        return
+    if isinstance(value, complex):
+        raise argparse.ArgumentTypeError(f"{key}: expected a real number, got {text!r}")
+    items = list(value.items()) if isinstance(value, dict) else value
+    if isinstance(items, (tuple, list, set, frozenset)):
+        for item in items:
+            if isinstance(item, tuple) and isinstance(value, dict):
+                for part in item:
+                    _check_literal(key, text, part)
+            else:
+                _check_literal(key, text, item)
+        return
+    raise argparse.ArgumentTypeError(f"{key}: unsupported value {text!r}")
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:

@@ -80,7 +80,11 @@ def _print_report(r: dict) -> None:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="fit and score the bundled cardio data, print AUC-ROC")
-    parser.add_argument("--top", type=int, default=5, help="how many top anomalies to show")
+    from dtpm_fast.cli import _args
+
+    parser.add_argument(
+        "--top", type=_args.positive_int, default=5, metavar="N", help="how many top anomalies to show"
+    )
     parser.add_argument(
         "--plot",
         metavar="PATH",

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=_args.int_list, default=[0, 1, 2, 3, 4], help="comma-separated (default 0,1,2,3,4)"
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     parser.add_argument(
         "--epochs", type=_args.positive_int, default=None, help="training epochs of trained models (default: theirs)"
     )

@@ -67,7 +67,9 @@ def register(subparsers) -> None:
         help="np: index parameter, e.g. ef_search=32 (repeatable)",
     )
     fit.add_argument("--score", choices=("mean", "mode"), help="np: posterior mean (default) or mode of t")
-    fit.add_argument("--T", dest="T", type=_args.positive_int, help="number of diffusion steps")
+    fit.add_argument(
+        "--T", dest="T", type=_args.step_count, help=f"number of diffusion steps (at most {_args.MAX_STEPS})"
+    )
     fit.add_argument(
         "--batch-size",
         dest="batch_size",
@@ -113,13 +115,22 @@ def run_fit(args) -> int:
     reader = tables.open_reader(
         args.train, columns=args.columns, batch_rows=args.batch_rows, on_bad_row=args.on_bad_row
     )
-    blocks = [batch.features for batch in reader]
+    with reader:
+        blocks = [batch.features for batch in reader]
     if not blocks:
         raise ValueError(f"{args.train!r} has no usable rows to fit on")
     X = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
     del blocks
     model = cls(**model_params)
-    model.fit(X)
+    try:
+        model.fit(X)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failure of the model, reported on one line (exit 1)
+        raise ValueError(
+            f"fitting {type(model).__name__} on {X.shape[0]:,} rows x {X.shape[1]} features failed "
+            f"({type(exc).__name__}: {exc or '(no message)'}); the rows passed the input checks"
+        ) from exc
     if tables.file_format(args.train) != "npy":
         model.feature_names_in_ = np.asarray(reader.feature_columns, dtype=object)
     with atomic_output(args.output, overwrite=args.overwrite) as temporary:

@@ -25,7 +25,11 @@ def register(subparsers) -> None:
         help="score a Parquet/CSV/.npy file with a saved model, streaming",
         description="Score INPUT batch by batch (memory bounded by --batch-rows) and write OUTPUT "
         "(.parquet or .csv) in the same row order with columns [id], [row], score, label, "
-        "[posterior_mean]. 'row' (0-based input row) is added with --on-bad-row skip.",
+        "[posterior_mean]. 'row' (0-based input row) is added with --on-bad-row skip. A model that "
+        "knows its column names reads them from a Parquet/CSV INPUT by name, in any order; a .npy "
+        "INPUT has no names and its columns are taken by position in the model's order. "
+        "--on-bad-row skip skips input rows that cannot be scored, never a row the model fails on "
+        "(that stops the command, exit 1, nothing written). INPUT may be a pipe when it is CSV.",
     )
     score.add_argument("model", metavar="MODEL", help="model file from `dtpm-fast fit` / save() / export()")
     score.add_argument(
@@ -41,7 +45,12 @@ def register(subparsers) -> None:
     )
     score.add_argument("--id-column", metavar="NAME", help="input column copied to the output")
     score.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where scoring runs")
-    score.add_argument("--threads", type=_args.positive_int, metavar="N", help="CPU threads for scoring")
+    score.add_argument(
+        "--threads",
+        type=_args.thread_count,
+        metavar="N",
+        help=f"CPU threads for scoring (at most {_args.MAX_THREADS})",
+    )
     score.add_argument(
         "--contamination",
         type=_args.contamination,
@@ -57,8 +66,6 @@ def register(subparsers) -> None:
 
 def run_score(args) -> int:
     tables.require_pyarrow()
-    import pyarrow as pa
-
     if os.path.exists(args.output) and not args.overwrite:
         raise FileExistsError(f"output {args.output!r} already exists; pass overwrite=True to replace it")
     if args.threads is not None:
@@ -66,13 +73,7 @@ def run_score(args) -> int:
     model = load(args.model)
     if args.device is not None:
         model.to_device(args.device)
-    columns = args.columns
-    if (
-        columns is None
-        and getattr(model, "feature_names_in_", None) is not None
-        and tables.file_format(args.input) != "npy"
-    ):
-        columns = [str(name) for name in model.feature_names_in_]
+    columns = model_columns(model, args.columns, args.input)
     reader = tables.open_reader(
         args.input,
         columns=columns,
@@ -80,6 +81,35 @@ def run_score(args) -> int:
         batch_rows=args.batch_rows,
         on_bad_row=args.on_bad_row,
     )
+    with reader:
+        return _score_all(args, model, reader)
+
+
+def model_columns(model, requested: list[str] | None, input_path: str) -> list[str] | None:
+    """The input columns to read, in the model's order.
+
+    A model that knows its column names (saved by ``dtpm-fast fit`` from a Parquet/CSV file, or
+    ``feature_names_in_`` from a DataFrame) takes its columns from a Parquet/CSV input by
+    name, whatever their order in the file; ``--columns``, if given, must name the same
+    columns (in any order). A ``.npy`` input has no names: its columns are taken by
+    position, in the order the model was fitted on (``--columns`` picks positions).
+    """
+    names = getattr(model, "feature_names_in_", None)
+    if names is None or tables.file_format(input_path) == "npy":
+        return requested
+    names = [str(name) for name in names]
+    if requested is not None and sorted(requested) != sorted(names):
+        raise ValueError(
+            f"the model was fitted on the columns {names}; --columns gives {requested}. The model's "
+            "columns are read by name, so --columns can be left out; if the input names them "
+            "differently, rename them"
+        )
+    return names
+
+
+def _score_all(args, model, reader) -> int:
+    import pyarrow as pa
+
     n_expected = getattr(model, "n_features_in_", None)
     if n_expected is not None and reader.n_features != n_expected:
         raise ValueError(
@@ -102,7 +132,17 @@ def run_score(args) -> int:
     with atomic_output(args.output, overwrite=args.overwrite) as temporary:
         with tables.TableWriter(temporary, tables.file_format(args.output), schema) as writer:
             for batch in tables.prefetch(reader):
-                scores, posterior_mean = score_batch(model, batch.features, args.posterior_mean)
+                try:
+                    scores, posterior_mean = score_batch(model, batch.features, args.posterior_mean)
+                except Exception as exc:  # noqa: BLE001 - reported with the rows, never skipped
+                    raise ModelFailure(batch.rows, f"{type(exc).__name__}: {exc or '(no message)'}") from exc
+                for name, values in (("score", scores), ("posterior mean", posterior_mean)):
+                    if values is not None and not np.isfinite(values).all():
+                        position = int(np.flatnonzero(~np.isfinite(values))[0])
+                        raise ModelFailure(
+                            batch.rows[position : position + 1],
+                            f"it returned the {name} {values[position]} for a finite input row",
+                        )
                 columns_out = []
                 if args.id_column is not None:
                     columns_out.append(batch.ids)
@@ -124,6 +164,26 @@ def run_score(args) -> int:
     if reader.bad_rows.count:  # reported even with --quiet: rows are missing from the output
         print(f"dtpm-fast score: {reader.bad_rows.summary()}", file=sys.stderr)
     return 0
+
+
+class ModelFailure(ValueError):
+    """The model raised while scoring rows that passed the input checks.
+
+    ``--on-bad-row skip`` skips *input* rows that cannot be scored (missing, non-numeric,
+    infinite or too large values, wrong field counts); it never skips a row the model fails
+    on -- an exception, or a NaN/infinite score for a finite row -- : that is a fault to
+    see, so the command stops (exit 1) with the row(s) named and writes nothing.
+    """
+
+    def __init__(self, rows: np.ndarray, detail: str):
+        first, last = int(rows[0]) + 1, int(rows[-1]) + 1
+        where = f"row {first}" if first == last else f"a batch of rows {first}-{last}"
+        super().__init__(
+            f"the model failed while scoring {where} ({detail}); "
+            "these rows passed the input checks, so --on-bad-row skip does not skip them; "
+            "nothing was written. Score the rows with the Python API to find the row, and report "
+            "the failure if the input is valid"
+        )
 
 
 def label_threshold(model, contamination: float | None) -> float:

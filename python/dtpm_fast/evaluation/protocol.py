@@ -85,7 +85,10 @@ def find_datasets(data_dir: str | Path) -> dict[str, Path]:
     """
     root = Path(data_dir)
     if not root.is_dir():
-        raise ValueError(f"data folder {str(root)!r} does not exist or is not a folder; pass --data DIR")
+        raise ValueError(
+            f"data folder {str(root)!r} does not exist or is not a folder; give the folder of ADBench "
+            ".npz files as data_dir"
+        )
     found: dict[str, Path] = {}
     for folder in (root, *(root / sub for sub in ADBENCH_SUBFOLDERS)):
         if not folder.is_dir():
@@ -94,7 +97,7 @@ def find_datasets(data_dir: str | Path) -> dict[str, Path]:
             if path.stem in found:
                 raise ValueError(
                     f"data set name {path.stem!r} appears twice ({found[path.stem]} and {path}); "
-                    "keep one copy or point --data at one of the folders"
+                    "keep one copy or give one of the folders as data_dir"
                 )
             found[path.stem] = path
     return dict(sorted(found.items()))
@@ -104,21 +107,85 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Load an ADBench file: ``X`` as float64 (n, d), ``y`` as int64 (n,) with 1 = anomaly.
 
     Loaded with ``allow_pickle=False``: a file needing pickle is refused, never executed.
+    Everything is checked here, where the data enter, and a problem is a ValueError naming
+    the file: not an ``.npz`` archive, ``X`` or ``y`` missing, ``X`` not a non-empty 2-D
+    array of real numbers (NaN is allowed -- the protocol fills it -- infinity is not),
+    ``y`` not 1-D with one label per row, labels other than 0/1 (booleans are fine), or a
+    single class (AUC needs both).
     """
+    import zipfile
+
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        missing = {"X", "y"} - set(data.files)
-        if missing:
-            raise ValueError(f"{path} lacks array(s) {sorted(missing)}; ADBench files hold 'X' and 'y'")
-        X = np.asarray(data["X"], dtype=np.float64)
-        y = np.asarray(data["y"]).astype(np.int64).ravel()
-    if X.ndim != 2:
-        raise ValueError(f"{path}: X must be 2-D (n_rows, n_features), got shape {X.shape}")
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"{path}: y must hold only 0 (normal) and 1 (anomaly)")
+    try:
+        # Opened here, so the file is closed whatever np.load raises (it leaks its own handle
+        # on a damaged archive).
+        with path.open("rb") as fh:
+            try:
+                data = np.load(fh, allow_pickle=False)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"cannot read {path} as an .npz archive: {exc}") from None
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError(f"{path} is a single .npy array, not an .npz archive holding 'X' and 'y'")
+            with data:
+                missing = {"X", "y"} - set(data.files)
+                if missing:
+                    raise ValueError(f"{path} lacks array(s) {sorted(missing)}; ADBench files hold 'X' and 'y'")
+                try:
+                    X = data["X"]
+                    y = data["y"]
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+                    raise ValueError(f"cannot read the arrays of {path}: {exc}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    X = _check_features(X, f"{path}: X")
+    y = check_labels(y, f"{path}: y", n_rows=X.shape[0])
     return X, y
+
+
+def _check_features(X: np.ndarray, where: str) -> np.ndarray:
+    X = np.asarray(X)
+    if X.dtype.hasobject or not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
+        raise ValueError(f"{where} must hold numbers, got dtype {X.dtype}")
+    if np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"{where} must hold real numbers, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"{where} must be 2-D (n_rows, n_features), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{where} is empty (shape {X.shape}); need at least one row and one feature")
+    X = X.astype(np.float64)
+    if np.isinf(X).any():
+        row = int(np.flatnonzero(np.isinf(X).any(axis=1))[0])
+        raise ValueError(f"{where} holds infinite values (first in row {row}); only NaN is filled by the protocol")
+    return X
+
+
+def check_labels(y, where: str, n_rows: int | None = None) -> np.ndarray:
+    """``y`` as int64 after checking it holds one 0/1 label per row, both classes present.
+
+    Labels are compared as they are: 0.5, 2, -1 or NaN are refused, never truncated;
+    booleans and 0.0/1.0 are fine.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{where} must be 1-D (one label per row), got shape {y.shape}")
+    if n_rows is not None and y.shape[0] != n_rows:
+        raise ValueError(f"{where} has {y.shape[0]} labels but X has {n_rows} rows")
+    if y.dtype.hasobject or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise ValueError(f"{where} must hold 0/1 labels, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.complexfloating):
+        raise ValueError(f"{where} must hold 0/1 labels, got dtype {y.dtype}")
+    valid = (y == 0) | (y == 1)
+    if not valid.all():
+        position = int(np.flatnonzero(~valid)[0])
+        raise ValueError(
+            f"{where} must hold only 0 (normal) and 1 (anomaly); found {y[position].item()!r} at position {position}"
+        )
+    labels = y.astype(np.int64)
+    if labels.size and (labels.min() == labels.max()):
+        raise ValueError(
+            f"{where} holds only label {int(labels[0])}; the protocol needs normal rows and anomalies"
+        )
+    return labels
 
 
 def load_dataset(data_dir: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -242,10 +309,8 @@ def prepare(X: np.ndarray, y: np.ndarray, seed: int, protocol: str) -> Split:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y).astype(np.int64).ravel()
-    if X.ndim != 2 or X.shape[0] != y.shape[0]:
-        raise ValueError(f"X must be (n, d) with n = len(y); got X {X.shape} and y {y.shape}")
+    X = _check_features(X, "X")
+    y = check_labels(y, "y", n_rows=X.shape[0])
     rng = np.random.RandomState(int(seed))
     resample_idx = draw_resample_indices(len(y), rng)
     if resample_idx is not None:

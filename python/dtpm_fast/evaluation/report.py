@@ -63,7 +63,7 @@ def load_paper_table(reference_dir: str | Path, protocol: str):
     path = Path(reference_dir) / PAPER_FILES[protocol]
     if not path.exists():
         raise ValueError(
-            f"paper table {path} not found; pass --reference DIR holding {PAPER_FILES[protocol]}"
+            f"paper table {path} not found; give the folder holding {PAPER_FILES[protocol]} as reference_dir"
         )
     return pd.read_csv(path).set_index("dataset")
 
@@ -292,7 +292,10 @@ def write_report(out_dir: str | Path, reference_dir: str | Path | None = None) -
     out_dir = Path(out_dir)
     runs_path = out_dir / "runs.csv"
     if not runs_path.exists():
-        raise ValueError(f"{runs_path} does not exist; run `dtpm-fast evaluate` with this --out first")
+        raise ValueError(f"{runs_path} does not exist; run the evaluation with this out_dir first")
+    from dtpm_fast.evaluation.runner import read_runs
+
+    read_runs(out_dir)  # checks the file, naming the line of a damaged row
     runs = pd.read_csv(runs_path)
     if runs.empty:
         raise ValueError(f"{runs_path} has no rows yet")

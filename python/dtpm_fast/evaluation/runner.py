@@ -72,7 +72,7 @@ class RunConfig:
         for name in self.models:
             get_model(name)  # raises with the list of known names
         if not self.seeds:
-            raise ValueError("seeds is empty; pass at least one seed, e.g. --seeds 0")
+            raise ValueError("seeds is empty; pass at least one seed, e.g. seeds=[0]")
         if any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be non-negative, got {self.seeds}")
         if self.epochs is not None and self.epochs < 1:
@@ -84,13 +84,65 @@ class RunConfig:
 # ----------------------------------------------------------------------------- runs.csv I/O
 
 
+_KEY_COLUMNS = ("dataset", "model", "seed", "protocol")
+_NUMBER_COLUMNS = (
+    "auc_roc", "auc_pr", "f1", "fit_s", "score_s", "score_rows_per_s", "n_train", "n_test", "n_features"
+)
+
+
 def read_runs(out_dir: str | Path) -> list[dict[str, str]]:
-    """The rows of ``out_dir/runs.csv`` as dicts of strings ([] when the file does not exist)."""
+    """The rows of ``out_dir/runs.csv`` as dicts of strings ([] when the file does not exist).
+
+    The file is checked as it is read: its header must be this version's columns, and every
+    row must be complete, with a data set and model name, a non-negative integer seed, a
+    known protocol, numbers where numbers belong, and no (dataset, model, seed) twice.
+    Anything else is a ValueError naming the file and line -- resuming from rows that
+    cannot be trusted would mix them into the report.
+    """
     path = Path(out_dir) / RUNS_FILE
     if not path.exists():
         return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a readable runs.csv ({exc}); move it away or use another out_dir") from None
+    if header is None:
+        raise ValueError(f"{path} is empty; delete it (it holds no runs) or use another out_dir")
+    if tuple(header) != COLUMNS:
+        raise ValueError(
+            f"{path} has the columns {list(header)}, not those of a runs.csv ({list(COLUMNS)}); "
+            "move it away or use another out_dir"
+        )
+    seen: dict[tuple[str, str, int], int] = {}
+    for line, row in enumerate(rows, start=2):
+        where = f"{path}, line {line}"
+        if None in row or any(value is None for value in row.values()):
+            raise ValueError(f"{where}: expected {len(COLUMNS)} fields; the file is damaged -- delete that line")
+        if not row["dataset"] or not row["model"]:
+            raise ValueError(f"{where}: empty dataset or model name; the file is damaged -- delete that line")
+        try:
+            seed = int(row["seed"])
+        except ValueError:
+            seed = -1
+        if seed < 0:
+            raise ValueError(f"{where}: seed {row['seed']!r} is not a non-negative integer; delete that line")
+        if row["protocol"] not in proto.PROTOCOLS:
+            raise ValueError(f"{where}: unknown protocol {row['protocol']!r}; delete that line")
+        for name in _NUMBER_COLUMNS:
+            try:
+                float(row[name])
+            except ValueError:
+                raise ValueError(f"{where}: {name} {row[name]!r} is not a number; delete that line") from None
+        key = (row["dataset"], row["model"], seed)
+        if key in seen:
+            raise ValueError(f"{where} repeats {key} of line {seen[key]}; delete one of them")
+        seen[key] = line
+    return rows
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -123,21 +175,51 @@ def _options(config: RunConfig, seed: int) -> ModelOptions:
     )
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``run.json`` as a dict ({} when absent), checked: a JSON object with a known protocol,
+    budgets as an object per model and a list of commands."""
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, IsADirectoryError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore it or use another out_dir") from None
+    problem = None
+    if not isinstance(manifest, dict):
+        problem = f"holds a {type(manifest).__name__}, not an object"
+    elif "protocol" in manifest and manifest["protocol"] not in proto.PROTOCOLS:
+        problem = f"names the unknown protocol {manifest['protocol']!r}"
+    elif not isinstance(manifest.get("budgets", {}), dict) or not all(
+        isinstance(b, dict) for b in manifest.get("budgets", {}).values()
+    ):
+        problem = "has budgets that are not an object of objects per model"
+    elif not isinstance(manifest.get("commands", []), list):
+        problem = "has commands that are not a list"
+    if problem is not None:
+        raise ValueError(f"{path} {problem}; it is not a run.json of this harness -- restore it or use another out_dir")
+    return manifest
+
+
 def _check_manifest(config: RunConfig, budgets: dict[str, dict]) -> dict[str, Any]:
     """Merge this run into ``run.json``; refuse a protocol or budget that differs from before."""
     path = config.out_dir / MANIFEST_FILE
-    manifest: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    manifest = _read_manifest(path)
+    if not manifest and (config.out_dir / RUNS_FILE).exists() and read_runs(config.out_dir):
+        raise ValueError(
+            f"{config.out_dir / RUNS_FILE} holds runs but {path} is missing, so their protocol and "
+            "budgets are unknown; restore run.json or use another out_dir"
+        )
     if manifest.get("protocol", config.protocol) != config.protocol:
         raise ValueError(
             f"{config.out_dir} holds a '{manifest['protocol']}' run; resuming it with protocol "
-            f"'{config.protocol}' would mix protocols -- use another --out"
+            f"'{config.protocol}' would mix protocols -- use another out_dir"
         )
     recorded = manifest.get("budgets", {})
     for model, this_budget in budgets.items():
         if model in recorded and recorded[model] != this_budget:
             raise ValueError(
                 f"{config.out_dir} holds '{model}' rows made with {recorded[model]}, not {this_budget}; "
-                "use another --out or the same budget"
+                "use another out_dir or the same budget"
             )
     manifest["protocol"] = config.protocol
     manifest["budgets"] = {**recorded, **budgets}
@@ -204,6 +286,12 @@ def run(config: RunConfig, progress: TextIO | None = None) -> list[dict[str, Any
     _check_manifest(config, budgets)
 
     rows: list[dict[str, Any]] = read_runs(config.out_dir)
+    other = [r for r in rows if r["protocol"] != config.protocol]
+    if other:
+        raise ValueError(
+            f"{config.out_dir / RUNS_FILE} holds {other[0]['protocol']!r} rows, not {config.protocol!r} "
+            "(run.json says otherwise: the files do not belong together); use another out_dir"
+        )
     done = {(r["dataset"], r["model"], int(r["seed"])) for r in rows}
     todo = [(d, s, m) for d in names for s in config.seeds for m in config.models if (d, m, s) not in done]
     print(
