@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 from dtpm_fast.evaluation import protocol as proto
 from dtpm_fast.evaluation.metrics import all_metrics
 from dtpm_fast.evaluation.models import ModelOptions, budget, get_model
+from dtpm_fast.io.atomic import atomic_output
 
 RUNS_FILE = "runs.csv"
 MANIFEST_FILE = "run.json"
@@ -146,12 +146,9 @@ def read_runs(out_dir: str | Path) -> list[dict[str, str]]:
 
 
 def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
+    """``write(file)`` into a temporary file that replaces ``path`` once complete."""
+    with atomic_output(path, overwrite=True) as temporary, open(temporary, "w", newline="") as fh:
         write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_runs(out_dir: Path, rows: list[dict[str, Any]]) -> None:
