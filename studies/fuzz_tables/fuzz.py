@@ -39,8 +39,28 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH = 5  # cases per child process: small, since an abort may come at interpreter exit
 TIMEOUT_S = 120
-TOKENS = [b",", b"\n", b"\r\n", b"\r", b'"', b"\xff", b"\xc3(", b"\xe2\x82", b"1e39", b"-1e400", b"nan",
-          b"inf", b"", b" ", b"\x00", b"\t", b"\xef\xbb\xbf", b"0x1", b"1,2,3,4,5,6,7", b"\n\n\n"]
+TOKENS = [
+    b",",
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b'"',
+    b"\xff",
+    b"\xc3(",
+    b"\xe2\x82",
+    b"1e39",
+    b"-1e400",
+    b"nan",
+    b"inf",
+    b"",
+    b" ",
+    b"\x00",
+    b"\t",
+    b"\xef\xbb\xbf",
+    b"0x1",
+    b"1,2,3,4,5,6,7",
+    b"\n\n\n",
+]
 
 
 def seed_file(fmt: str) -> bytes:
@@ -63,13 +83,15 @@ def seed_file(fmt: str) -> bytes:
 
     b = X[:, 1].copy()
     b[::17] = np.nan
-    table = pa.table({
-        "id": [f"r{i}" for i in range(n)],
-        "a": X[:, 0],
-        "b": pa.array(b, from_pandas=True),
-        "c": (X[:, 2] * 100).astype(np.int64),
-        "d": X[:, 3].astype(np.float32),
-    })
+    table = pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "a": X[:, 0],
+            "b": pa.array(b, from_pandas=True),
+            "c": (X[:, 2] * 100).astype(np.int64),
+            "d": X[:, 3].astype(np.float32),
+        }
+    )
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=70)
     return sink.getvalue()
@@ -120,7 +142,9 @@ def run_cases(seed: int, specs: list[tuple[str, int]]) -> None:
                     rows, finite = [], True
                     for batch in tables.prefetch(reader):
                         rows.append(batch.rows)
-                        finite &= bool(np.isfinite(batch.features).all()) and batch.features.dtype == np.float32
+                        finite &= (
+                            bool(np.isfinite(batch.features).all()) and batch.features.dtype == np.float32
+                        )
                     rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
                     if not finite or (np.diff(rows) <= 0).any() or (rows < 0).any():
                         outcome = "bad_batch"
@@ -130,8 +154,12 @@ def run_cases(seed: int, specs: list[tuple[str, int]]) -> None:
                     outcome, detail = ("value_error" if named else "bad_error"), text[:200]
                 except Exception as exc:  # noqa: BLE001 - the point of the study
                     outcome, detail = "bad_error", f"{type(exc).__name__}: {str(exc)[:200]}"
-                print(json.dumps({"fmt": fmt, "case": case, "mode": mode, "outcome": outcome, "detail": detail}),
-                      flush=True)
+                print(
+                    json.dumps(
+                        {"fmt": fmt, "case": case, "mode": mode, "outcome": outcome, "detail": detail}
+                    ),
+                    flush=True,
+                )
 
 
 def child(seed: int, specs: list[tuple[str, int]]) -> tuple[int | None, list[dict]]:
@@ -175,8 +203,15 @@ def main() -> None:
                 results += lines
             else:
                 kind = "hang" if code is None else f"crash (signal {-code})" if code < 0 else f"exit {code}"
-                results.append({"fmt": spec[0], "case": spec[1], "mode": "both", "outcome": kind.split(" ")[0],
-                                "detail": kind})
+                results.append(
+                    {
+                        "fmt": spec[0],
+                        "case": spec[1],
+                        "mode": "both",
+                        "outcome": kind.split(" ")[0],
+                        "detail": kind,
+                    }
+                )
     counts = Counter((r["fmt"], r["outcome"]) for r in results)
     bugs = [r for r in results if r["outcome"] not in ("batches", "value_error")]
     summary = {
