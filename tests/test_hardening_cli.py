@@ -93,8 +93,15 @@ def test_a_model_failure_is_never_skipped_nor_written(tmp_path, mode):
     (tmp_path / "q.csv").write_text("a,b,c\n" + "\n".join(rows) + "\n")
     out = tmp_path / "s.csv"
     done = _cli(
-        "score", str(tmp_path / "ig.dtpm"), str(tmp_path / "q.csv"), "-o", str(out), "--on-bad-row", mode,
-        "--batch-rows", "4",  # rows 5-8 are scored before the reader reaches the NaN in row 9
+        "score",
+        str(tmp_path / "ig.dtpm"),
+        str(tmp_path / "q.csv"),
+        "-o",
+        str(out),
+        "--on-bad-row",
+        mode,
+        "--batch-rows",
+        "4",  # rows 5-8 are scored before the reader reaches the NaN in row 9
     )
     if done.returncode == 0:
         assert np.isfinite(_scores(out)).all()
@@ -165,8 +172,18 @@ def test_a_named_model_reads_columns_by_name_whatever_their_order(data, tmp_path
     expected = dtpm_fast.load(data["named"]).decision_function(Q)
     for extra in ([], ["--columns", "c,a,b"], ["--columns", "a,b,c"]):
         out = tmp_path / "s.parquet"
-        code = main(["score", str(data["named"]), str(tmp_path / "q.parquet"), "-o", str(out), "--quiet",
-                     "--overwrite", *extra])
+        code = main(
+            [
+                "score",
+                str(data["named"]),
+                str(tmp_path / "q.parquet"),
+                "-o",
+                str(out),
+                "--quiet",
+                "--overwrite",
+                *extra,
+            ]
+        )
         assert code == 0
         np.testing.assert_array_equal(_scores(out), expected)  # --columns c,a,b used to score c,a,b
 
@@ -175,7 +192,10 @@ def test_columns_other_than_the_models_are_refused(data, tmp_path, capsys):
     Q = data["Q"]
     pq.write_table(pa.table({"a": Q[:, 0], "b": Q[:, 1], "x": Q[:, 2]}), tmp_path / "q.parquet")
     out = tmp_path / "s.parquet"
-    assert main(["score", str(data["named"]), str(tmp_path / "q.parquet"), "-o", str(out), "--columns", "a,b,x"]) == 1
+    assert (
+        main(["score", str(data["named"]), str(tmp_path / "q.parquet"), "-o", str(out), "--columns", "a,b,x"])
+        == 1
+    )
     assert "fitted on the columns ['a', 'b', 'c']" in _one_line_error(capsys.readouterr().err, "score")
     assert main(["score", str(data["named"]), str(tmp_path / "q.parquet"), "-o", str(out)]) == 1
     assert "feature column 'c' is not in" in _one_line_error(capsys.readouterr().err, "score")
@@ -189,7 +209,12 @@ def test_a_dataframe_fitted_model_reads_csv_columns_by_name(tmp_path):
     model.save(tmp_path / "m.dtpm")
     query = frame.iloc[:30]
     query[["r", "p", "q"]].to_csv(tmp_path / "q.csv", index=False, float_format="%.9g")
-    assert main(["score", str(tmp_path / "m.dtpm"), str(tmp_path / "q.csv"), "-o", str(tmp_path / "s.csv"), "-q"]) == 0
+    assert (
+        main(
+            ["score", str(tmp_path / "m.dtpm"), str(tmp_path / "q.csv"), "-o", str(tmp_path / "s.csv"), "-q"]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(_scores(tmp_path / "s.csv"), model.decision_function(query))
 
 

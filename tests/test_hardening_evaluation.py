@@ -55,7 +55,10 @@ X_GOOD, Y_GOOD = _good()
         ({"X": X_GOOD, "y": np.zeros(80)}, r"holds only label 0"),
         ({"X": np.empty((0, 3)), "y": np.empty(0)}, r"X is empty"),
         ({"X": np.empty((80, 0)), "y": Y_GOOD}, r"X is empty"),
-        ({"X": np.where(np.arange(240).reshape(80, 3) == 7, np.inf, X_GOOD), "y": Y_GOOD}, r"infinite values"),
+        (
+            {"X": np.where(np.arange(240).reshape(80, 3) == 7, np.inf, X_GOOD), "y": Y_GOOD},
+            r"infinite values",
+        ),
         ({"X": X_GOOD.astype(np.complex128), "y": Y_GOOD}, r"real numbers"),
         ({"X": X_GOOD.astype(str), "y": Y_GOOD}, r"must hold numbers"),
     ],
@@ -84,9 +87,9 @@ def test_files_that_are_not_npz_archives_are_value_errors(tmp_path):
 
 
 def test_booleans_and_float_zero_one_labels_are_fine(tmp_path):
-    X, y = protocol.load_npz(_npz(tmp_path / "b.npz", X=X_GOOD, y=Y_GOOD.astype(bool)))
+    _, y = protocol.load_npz(_npz(tmp_path / "b.npz", X=X_GOOD, y=Y_GOOD.astype(bool)))
     np.testing.assert_array_equal(y, Y_GOOD)
-    X, y = protocol.load_npz(_npz(tmp_path / "f.npz", X=X_GOOD, y=Y_GOOD.astype(np.float32)))
+    _, y = protocol.load_npz(_npz(tmp_path / "f.npz", X=X_GOOD, y=Y_GOOD.astype(np.float32)))
     np.testing.assert_array_equal(y, Y_GOOD)
 
 
@@ -233,9 +236,11 @@ def test_dask_names_a_bad_row_by_index_label(dask_model):
     bad = frame.copy()
     bad.index = bad.index + 1000
     bad.iloc[222, 2] = np.inf
-    with dask.config.set(scheduler="sync"):
-        with pytest.raises(ValueError, match=r"index 1222 .* infinite value .* column 'c'"):
-            dtpm_dask.decision_function(model, dd.from_pandas(bad, npartitions=3)).compute()
+    with (
+        dask.config.set(scheduler="sync"),
+        pytest.raises(ValueError, match=r"index 1222 .* infinite value .* column 'c'"),
+    ):
+        dtpm_dask.decision_function(model, dd.from_pandas(bad, npartitions=3)).compute()
 
 
 def test_dask_dataframe_columns_are_matched_by_name(dask_model):

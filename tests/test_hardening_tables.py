@@ -63,7 +63,9 @@ def _run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def test_csv_whose_first_line_is_numbers_is_refused(tmp_path):
     path = tmp_path / "noheader.csv"
     path.write_text("0.5,1.5,2.5\n3,4,5\n6,7,8\n")
-    with pytest.raises(ValueError, match=r"first line of CSV file .*noheader.csv.* holds numbers \(0.5, 1.5, 2.5\)"):
+    with pytest.raises(
+        ValueError, match=r"first line of CSV file .*noheader.csv.* holds numbers \(0.5, 1.5, 2.5\)"
+    ):
         tables.open_reader(path)
     # named explicitly, numeric column names are accepted (they are then really names)
     features, rows, _, _ = _read(path, columns=["0.5", "2.5"])
@@ -74,7 +76,7 @@ def test_csv_whose_first_line_is_numbers_is_refused(tmp_path):
 def test_csv_with_a_header_and_an_id_column_of_numbers_is_still_read(tmp_path):
     path = tmp_path / "ok.csv"
     path.write_text("id,x\n1,2\n")
-    features, rows, ids, _ = _read(path, id_column="id")
+    features, _, ids, _ = _read(path, id_column="id")
     assert ids == ["1"] and features.tolist() == [[2.0]]
 
 
@@ -105,11 +107,18 @@ def test_invalid_utf8_is_a_bad_row_and_never_aborts(tmp_path, mode):
     env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     for _ in range(12):  # the abort was intermittent (at interpreter exit)
         done = subprocess.run(
-            [sys.executable, str(script), str(path), mode], capture_output=True, text=True, timeout=60, env=env
+            [sys.executable, str(script), str(path), mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         if mode == "error":
-            assert done.stdout.startswith("error row 5: text that is not valid UTF-8 ('x,1,\\\\xff\\\\xfe')"), done.stdout
+            assert done.stdout.startswith(
+                "error row 5: text that is not valid UTF-8 ('x,1,\\\\xff\\\\xfe')"
+            ), done.stdout
         else:
             assert done.stdout.startswith("rows 8 skipped 2 bad row(s): row 5: text that is not valid UTF-8")
             assert "row 8: text that is not valid UTF-8 ('\\\\xc3(,2,3')" in done.stdout
@@ -152,7 +161,9 @@ def _too_large_inputs(tmp_path):
 @pytest.mark.parametrize("name", ["big.csv", "big.parquet", "big.npy"])
 def test_finite_values_beyond_float32_are_bad_rows_in_both_modes(tmp_path, name):
     _too_large_inputs(tmp_path)
-    with pytest.raises(tables.BadRowError, match=r"^row 2: finite value too large for float32 \(1e\+39") as info:
+    with pytest.raises(
+        tables.BadRowError, match=r"^row 2: finite value too large for float32 \(1e\+39"
+    ) as info:
         _read(tmp_path / name)
     assert info.value.row == 1
     features, rows, _, reader = _read(tmp_path / name, on_bad_row="skip")
@@ -176,7 +187,9 @@ def _inputs_with_a_bad_value(tmp_path, bad_row: int, n: int = 12):
 def test_bad_row_numbers_count_data_rows_in_every_reader_and_mode(tmp_path, name, bad_row):
     X = _inputs_with_a_bad_value(tmp_path, bad_row)
     column = "1" if name.endswith(".npy") else "b"  # .npy columns are named by position
-    with pytest.raises(tables.BadRowError, match=rf"^row {bad_row + 1}: missing or NaN value in column '{column}'") as info:
+    with pytest.raises(
+        tables.BadRowError, match=rf"^row {bad_row + 1}: missing or NaN value in column '{column}'"
+    ) as info:
         _read(tmp_path / name, batch_rows=4)
     assert info.value.row == bad_row
     features, rows, _, reader = _read(tmp_path / name, batch_rows=4, on_bad_row="skip")
@@ -323,8 +336,23 @@ def test_a_reader_closes_its_file(tmp_path):
 
 # Cell texts with one meaning for pyarrow and for Python's float(): numbers written by repr,
 # special spellings, non-numeric text without digits, and bytes that are not UTF-8.
-_SPECIAL = ["", "nan", "inf", "-inf", "1e39", "-1e39", "3.4028236e38", "1e-50", "-0", "abc", "\xe9t\xe9", "\U0001f600"]
-_NUMBERS = st.floats(allow_nan=False, allow_infinity=False).map(repr) | st.integers(-(10**20), 10**20).map(str)
+_SPECIAL = [
+    "",
+    "nan",
+    "inf",
+    "-inf",
+    "1e39",
+    "-1e39",
+    "3.4028236e38",
+    "1e-50",
+    "-0",
+    "abc",
+    "\xe9t\xe9",
+    "\U0001f600",
+]
+_NUMBERS = st.floats(allow_nan=False, allow_infinity=False).map(repr) | st.integers(-(10**20), 10**20).map(
+    str
+)
 _TEXT = st.text(alphabet="xyz \u00e9\u20ac\U0001f600_-", min_size=1, max_size=6)
 _CELL = st.one_of(_NUMBERS, _NUMBERS, st.sampled_from(_SPECIAL), _TEXT, st.just(b"\xff\xfe"))
 
@@ -354,7 +382,9 @@ def _csv_tables(draw):
             lines.append(b"")
             continue
         if kind == "fields":
-            count = draw(st.sampled_from([n for n in (1, n_cols - 1, n_cols + 1, n_cols + 3) if n > 0 and n != n_cols]))
+            count = draw(
+                st.sampled_from([n for n in (1, n_cols - 1, n_cols + 1, n_cols + 3) if n > 0 and n != n_cols])
+            )
             cells = [draw(st.sampled_from([b"1", b"\xff", b"x"]))] * count  # invalid UTF-8 too
             lines.append(b",".join(cells))
             bad_rows.append(data_row)
@@ -421,7 +451,9 @@ _PARQUET_VALUES = st.one_of(
 )
 def test_parquet_reader_matches_a_reference_parse(columns, ints, batch_rows):
     n_cols = len(columns[0]) if columns else 1
-    data = {f"c{j}": pa.array([row[j] for row in columns] if columns else [], pa.float64()) for j in range(n_cols)}
+    data = {
+        f"c{j}": pa.array([row[j] for row in columns] if columns else [], pa.float64()) for j in range(n_cols)
+    }
     if ints:
         data["i"] = pa.array(np.arange(len(columns)) * (2**40), pa.int64())
     expected_rows, expected = [], []
@@ -454,13 +486,19 @@ def _valid_csv() -> bytes:
 def _valid_parquet() -> bytes:
     rng = np.random.default_rng(2)
     sink = pa.BufferOutputStream()
-    table = pa.table({"a": rng.normal(size=60), "b": rng.integers(-5, 5, size=60), "id": [f"r{i}" for i in range(60)]})
+    table = pa.table(
+        {"a": rng.normal(size=60), "b": rng.integers(-5, 5, size=60), "id": [f"r{i}" for i in range(60)]}
+    )
     pq.write_table(table, sink, row_group_size=25)
     return sink.getvalue().to_pybytes()
 
 
 _EDITS = st.lists(
-    st.tuples(st.sampled_from(["replace", "insert", "delete"]), st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=4)),
+    st.tuples(
+        st.sampled_from(["replace", "insert", "delete"]),
+        st.floats(0, 1, exclude_max=True),
+        st.binary(min_size=1, max_size=4),
+    ),
     min_size=1,
     max_size=6,
 )

@@ -82,7 +82,9 @@ def thread_count(value: str) -> int:
 def step_count(value: str) -> int:
     number = positive_int(value)
     if number > MAX_STEPS:
-        raise argparse.ArgumentTypeError(f"expected a number of diffusion steps in [1, {MAX_STEPS}], got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number of diffusion steps in [1, {MAX_STEPS}], got {value!r}"
+        )
     return number
 
 

@@ -32,7 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     parser.add_argument(
-        "--epochs", type=_args.positive_int, default=None, help="training epochs of trained models (default: theirs)"
+        "--epochs",
+        type=_args.positive_int,
+        default=None,
+        help="training epochs of trained models (default: theirs)",
     )
     parser.add_argument(
         "--model-option",

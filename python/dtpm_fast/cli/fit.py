@@ -44,7 +44,9 @@ def register(subparsers) -> None:
         description="Fit a detector on normal (training) rows and save it for `dtpm-fast score`. "
         "Model options not given keep the model's defaults.",
     )
-    fit.add_argument("train", type=_args.input_path, metavar="TRAIN", help="training rows (.parquet, .csv, .npy)")
+    fit.add_argument(
+        "train", type=_args.input_path, metavar="TRAIN", help="training rows (.parquet, .csv, .npy)"
+    )
     fit.add_argument(
         "--model",
         choices=list(BY_KEY),
@@ -126,7 +128,7 @@ def run_fit(args) -> int:
         model.fit(X)
     except ValueError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a failure of the model, reported on one line (exit 1)
+    except Exception as exc:  # a failure of the model, reported on one line (exit 1)
         raise ValueError(
             f"fitting {type(model).__name__} on {X.shape[0]:,} rows x {X.shape[1]} features failed "
             f"({type(exc).__name__}: {exc or '(no message)'}); the rows passed the input checks"

@@ -134,7 +134,7 @@ def _score_all(args, model, reader) -> int:
             for batch in tables.prefetch(reader):
                 try:
                     scores, posterior_mean = score_batch(model, batch.features, args.posterior_mean)
-                except Exception as exc:  # noqa: BLE001 - reported with the rows, never skipped
+                except Exception as exc:  # reported with the rows, never skipped
                     raise ModelFailure(batch.rows, f"{type(exc).__name__}: {exc or '(no message)'}") from exc
                 for name, values in (("score", scores), ("posterior mean", posterior_mean)):
                     if values is not None and not np.isfinite(values).all():
@@ -263,5 +263,3 @@ class Progress:
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-

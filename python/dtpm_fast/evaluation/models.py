@@ -127,7 +127,9 @@ def _detector(kind: DetectorKind, **fixed: Any) -> Callable[[ModelOptions], Any]
         kwargs = {**_accepted_kwargs(cls, candidates), **fixed}
         unknown = set(options.extra) - set(inspect.signature(cls.__init__).parameters)
         if unknown:
-            raise ValueError(f"{kind.class_name} has no parameter(s) {sorted(unknown)}; check the model options")
+            raise ValueError(
+                f"{kind.class_name} has no parameter(s) {sorted(unknown)}; check the model options"
+            )
         return cls(**kwargs, **options.extra)
 
     return build

@@ -125,11 +125,15 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise ValueError(f"cannot read {path} as an .npz archive: {exc}") from None
             if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError(f"{path} is a single .npy array, not an .npz archive holding 'X' and 'y'")
+                raise ValueError(  # noqa: TRY004 - the content of a file, a user-facing ValueError
+                    f"{path} is a single .npy array, not an .npz archive holding 'X' and 'y'"
+                )
             with data:
                 missing = {"X", "y"} - set(data.files)
                 if missing:
-                    raise ValueError(f"{path} lacks array(s) {sorted(missing)}; ADBench files hold 'X' and 'y'")
+                    raise ValueError(
+                        f"{path} lacks array(s) {sorted(missing)}; ADBench files hold 'X' and 'y'"
+                    )
                 try:
                     X = data["X"]
                     y = data["y"]
@@ -155,7 +159,9 @@ def _check_features(X: np.ndarray, where: str) -> np.ndarray:
     X = X.astype(np.float64)
     if np.isinf(X).any():
         row = int(np.flatnonzero(np.isinf(X).any(axis=1))[0])
-        raise ValueError(f"{where} holds infinite values (first in row {row}); only NaN is filled by the protocol")
+        raise ValueError(
+            f"{where} holds infinite values (first in row {row}); only NaN is filled by the protocol"
+        )
     return X
 
 

@@ -86,7 +86,15 @@ class RunConfig:
 
 _KEY_COLUMNS = ("dataset", "model", "seed", "protocol")
 _NUMBER_COLUMNS = (
-    "auc_roc", "auc_pr", "f1", "fit_s", "score_s", "score_rows_per_s", "n_train", "n_test", "n_features"
+    "auc_roc",
+    "auc_pr",
+    "f1",
+    "fit_s",
+    "score_s",
+    "score_rows_per_s",
+    "n_train",
+    "n_test",
+    "n_features",
 )
 
 
@@ -110,7 +118,9 @@ def read_runs(out_dir: str | Path) -> list[dict[str, str]]:
             header = reader.fieldnames
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path} is not a readable runs.csv ({exc}); move it away or use another out_dir") from None
+        raise ValueError(
+            f"{path} is not a readable runs.csv ({exc}); move it away or use another out_dir"
+        ) from None
     if header is None:
         raise ValueError(f"{path} is empty; delete it (it holds no runs) or use another out_dir")
     if tuple(header) != COLUMNS:
@@ -122,7 +132,9 @@ def read_runs(out_dir: str | Path) -> list[dict[str, str]]:
     for line, row in enumerate(rows, start=2):
         where = f"{path}, line {line}"
         if None in row or any(value is None for value in row.values()):
-            raise ValueError(f"{where}: expected {len(COLUMNS)} fields; the file is damaged -- delete that line")
+            raise ValueError(
+                f"{where}: expected {len(COLUMNS)} fields; the file is damaged -- delete that line"
+            )
         if not row["dataset"] or not row["model"]:
             raise ValueError(f"{where}: empty dataset or model name; the file is damaged -- delete that line")
         try:
@@ -193,7 +205,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     elif not isinstance(manifest.get("commands", []), list):
         problem = "has commands that are not a list"
     if problem is not None:
-        raise ValueError(f"{path} {problem}; it is not a run.json of this harness -- restore it or use another out_dir")
+        raise ValueError(
+            f"{path} {problem}; it is not a run.json of this harness -- restore it or use another out_dir"
+        )
     return manifest
 
 

@@ -71,7 +71,9 @@ def _checked_rows(values: np.ndarray, where, names: list | None = None) -> np.nd
                 else f"a finite value too large for float32 ({value:.6g}; |x| > {_F32_MAX:.4g})"
             )
             column = f"column {names[j]!r}" if names is not None else f"feature {j}"
-            raise ValueError(f"{where(i)} has {problem} in {column}; impute, drop or rescale it before scoring")
+            raise ValueError(
+                f"{where(i)} has {problem} in {column}; impute, drop or rescale it before scoring"
+            )
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
@@ -82,7 +84,10 @@ def _score_block(block: np.ndarray, model, block_info=None) -> np.ndarray:
     start = 0
     if block_info is not None and 0 in block_info:
         start = int(block_info[0]["array-location"][0][0])
-    where = lambda i: f"row {start + i} of the array (0-based)"  # noqa: E731
+
+    def where(i: int) -> str:
+        return f"row {start + i} of the array (0-based)"
+
     X = _checked_rows(np.asarray(block), where)
     return _finite_scores(model.decision_function(X), where)
 
@@ -108,8 +113,13 @@ def _score_partition(frame, model, columns: list, partition_info=None):
     try:
         values = frame[columns].to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"partition {number} of the DataFrame: columns {columns} are not all numeric ({exc})") from None
-    where = lambda i: f"the row with index {frame.index[i]!r} (row {i} of partition {number})"  # noqa: E731
+        raise ValueError(
+            f"partition {number} of the DataFrame: columns {columns} are not all numeric ({exc})"
+        ) from None
+
+    def where(i: int) -> str:
+        return f"the row with index {frame.index[i]!r} (row {i} of partition {number})"
+
     X = _checked_rows(values, where, columns)
     scores = _finite_scores(_unwrap(model).decision_function(X), where)
     return pd.Series(scores, index=frame.index, name="score", dtype=np.float64)

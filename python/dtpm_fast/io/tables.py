@@ -220,7 +220,7 @@ def open_reader(
     if on_bad_row not in ON_BAD_ROW_CHOICES:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW_CHOICES}, got {on_bad_row!r}")
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)):
-        raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+        raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")  # noqa: TRY004
     if not 1 <= int(batch_rows) <= MAX_BATCH_ROWS:
         raise ValueError(f"batch_rows must be an integer in [1, {MAX_BATCH_ROWS}], got {batch_rows!r}")
     fmt = file_format(path)
@@ -518,7 +518,8 @@ def _columns_to_matrix(columns: Sequence[pa.Array], m: int) -> np.ndarray:
     recognisable (``_filter_bad_rows`` reports them) instead of turning into infinities.
     """
     wide = any(
-        pa.types.is_float64(c.type) or (pa.types.is_integer(c.type) and c.type.bit_width > 16) for c in columns
+        pa.types.is_float64(c.type) or (pa.types.is_integer(c.type) and c.type.bit_width > 16)
+        for c in columns
     )
     dtype = np.float64 if wide else np.float32
     arrays = []
@@ -567,15 +568,15 @@ class CsvBatchReader(BatchReader):
     def __init__(self, path, source, **kwargs):
         super().__init__(path, source, **kwargs)
         columns = kwargs["columns"]
-        self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16) if path.lower().endswith(".gz") else None
+        self._inflate = (
+            zlib.decompressobj(wbits=zlib.MAX_WBITS | 16) if path.lower().endswith(".gz") else None
+        )
         self._consumed = False
         header = self._read_header()
         if len(set(header)) != len(header):
             raise ValueError(f"{path!r} has repeated column names in its header: {header}")
         if self.id_column is not None and self.id_column not in header:
-            raise ValueError(
-                f"id_column {self.id_column!r} is not a column of {path!r} (columns: {header})"
-            )
+            raise ValueError(f"id_column {self.id_column!r} is not a column of {path!r} (columns: {header})")
         if columns is None:
             columns = [name for name in header if name != self.id_column]
             if not columns:
@@ -611,7 +612,9 @@ class CsvBatchReader(BatchReader):
                 if not chunk:
                     text = self._inflate.flush()
                     if not self._inflate.eof:
-                        raise ValueError(f"{self.path!r} is a truncated gzip file (it ends inside the stream)")
+                        raise ValueError(
+                            f"{self.path!r} is a truncated gzip file (it ends inside the stream)"
+                        )
                     return text
                 text = self._inflate.decompress(chunk)
                 while self._inflate.eof and self._inflate.unused_data:  # a next gzip member
@@ -681,7 +684,9 @@ class CsvBatchReader(BatchReader):
 
     def __iter__(self) -> Iterator[FeatureBatch]:
         if self._consumed or self._source.file.closed:
-            raise ValueError(f"the reader of {self.path!r} is closed or was read already; open the file again")
+            raise ValueError(
+                f"the reader of {self.path!r} is closed or was read already; open the file again"
+            )
         self._consumed = True
         wanted = list(self.feature_columns)
         if self.id_column is not None and self.id_column not in wanted:
@@ -729,7 +734,10 @@ class CsvBatchReader(BatchReader):
                 first_number = 2 if index == 0 else 1
                 try:
                     table = pa_csv.read_csv(
-                        pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert
+                        pa.BufferReader(block),
+                        read_options=read,
+                        parse_options=parse,
+                        convert_options=convert,
                     )
                 except (pa.ArrowException, UnicodeDecodeError) as exc:
                     detail = str(exc).strip()
@@ -743,9 +751,7 @@ class CsvBatchReader(BatchReader):
                     raise ValueError(f"cannot parse CSV file {self.path!r} at {where}: {detail}") from None
                 for row in malformed:
                     data_row = block_start + row.number - first_number
-                    description = (
-                        f"row {data_row + 1}: expected {row.expected_columns} fields, found {row.actual_columns}"
-                    )
+                    description = f"row {data_row + 1}: expected {row.expected_columns} fields, found {row.actual_columns}"
                     if data_row in invalid_text:
                         description += f" and {invalid_text.pop(data_row)}"
                     if self.on_bad_row == "error":
@@ -903,9 +909,7 @@ class NpyBatchReader(BatchReader):
     def __init__(self, path, source, **kwargs):
         super().__init__(path, source, **kwargs)
         if self.id_column is not None:
-            raise ValueError(
-                "id_column is not available for .npy input (an .npy file has no named columns)"
-            )
+            raise ValueError("id_column is not available for .npy input (an .npy file has no named columns)")
         array = _map_npy(path, source)
         source.close()  # the memory map keeps its own reference to the file
         if array.ndim != 2:
@@ -978,7 +982,9 @@ def _map_npy(path: str, source: _Source) -> np.ndarray:
         )
     if nbytes == 0:
         return np.empty(shape, dtype=dtype)
-    return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+    return np.memmap(
+        file, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C"
+    )
 
 
 # --------------------------------------------------------------------------- writers
