@@ -156,7 +156,7 @@ def test_dataframe_missing_values_are_reported_as_missing(make_detector, blobs):
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame(blobs[0].astype(np.float64), columns=[f"f{i}" for i in range(6)]).astype("Float64")
     frame.iloc[7, 2] = pd.NA
-    with pytest.raises(ValueError, match=r"NaN or infinity \(or a missing value\) in 1 row\(s\) \(first: row 7\)"):
+    with pytest.raises(ValueError, match=r"NaN or infinity \(or a missing value\) in 1 row\(s\) \(first: row 7, counting from 0\)"):
         make_detector().fit(frame)
 
 

@@ -71,7 +71,7 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
     if not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         raise ValueError(
-            f"{name} contains NaN or infinity (or a missing value) in {bad.size} row(s) (first: row {bad[0]}); "
+            f"{name} contains NaN or infinity (or a missing value) in {bad.size} row(s) (first: row {bad[0]}, counting from 0); "
             "impute or drop them before scoring."
         )
     limit = np.finfo(dtype).max if np.issubdtype(np.dtype(dtype), np.floating) else None
@@ -81,7 +81,7 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
             bad = np.flatnonzero(too_large.any(axis=1))
             raise ValueError(
                 f"{name} has finite values too large for {np.dtype(dtype).name} (|x| > {limit:.3g}) in "
-                f"{bad.size} row(s) (first: row {bad[0]}); dtpm_fast computes in {np.dtype(dtype).name}: "
+                f"{bad.size} row(s) (first: row {bad[0]}, counting from 0); dtpm_fast computes in {np.dtype(dtype).name}: "
                 "rescale those features."
             )
     return np.ascontiguousarray(arr, dtype=dtype)
@@ -134,10 +134,16 @@ def check_n_features(X: np.ndarray, expected: int, name: str = "X", owner: str =
         )
 
 
-def check_int(value, name: str, minimum: int) -> int:
-    """Validate an integer parameter ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+def check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:
+    """Validate an integer parameter in ``[minimum, maximum]`` (no upper bound when ``maximum`` is None)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}.")
     return int(value)
 
 

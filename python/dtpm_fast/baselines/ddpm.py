@@ -409,7 +409,7 @@ class DDPMReconstruction(BaseDetector):
 
     # ---- parameter checks ------------------------------------------------------------------
     def _check_params(self) -> None:
-        T = check_int(self.T, "T", 1)
+        T = check_int(self.T, "T", 1, schedule.MAX_STEPS)
         steps = check_int(self.reconstruction_steps, "reconstruction_steps", 1)
         if steps > T:
             raise ValueError(f"reconstruction_steps must be <= T ({T}), got {steps}")

@@ -12,7 +12,7 @@ from dtpm_fast.base import BaseDetector
 from dtpm_fast.nonparametric import indexes
 from dtpm_fast.nonparametric.gpu.arrays import is_device_array, to_numpy
 from dtpm_fast.nonparametric.host import HostBackend
-from dtpm_fast.schedule import PosteriorGrid
+from dtpm_fast.schedule import MAX_STEPS, PosteriorGrid
 from dtpm_fast.standardize import Standardizer
 
 SCORES = ("mean", "mode")
@@ -108,7 +108,7 @@ class DTPMNonParametric(BaseDetector):
     # ---- fitting ----------------------------------------------------------------------------
     def _check_params(self) -> None:
         check_int(self.n_neighbors, "n_neighbors", 1)
-        check_int(self.T, "T", 2)
+        check_int(self.T, "T", 2, MAX_STEPS)
         check_int(self.batch_size, "batch_size", 1)
         check_choice(self.score, "score", SCORES)
         check_choice(self.index, "index", indexes.INDEX_KINDS)

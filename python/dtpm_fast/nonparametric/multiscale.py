@@ -9,6 +9,7 @@ import numpy as np
 from dtpm_fast._validation import check_choice, check_int
 from dtpm_fast.nonparametric.detector import DTPMNonParametric
 from dtpm_fast.nonparametric.host import HostBackend
+from dtpm_fast.schedule import MAX_STEPS
 
 #: The default ladder: K doubling from 1 to 32 (studies/plus_detector/README.md).
 DEFAULT_LADDER = (1, 2, 4, 8, 16, 32)
@@ -90,7 +91,7 @@ class DTPMMultiScale(DTPMNonParametric):
     # ---- parameters -------------------------------------------------------------------------
     def _check_params(self) -> None:
         _check_ladder(self.n_neighbors)
-        check_int(self.T, "T", 2)
+        check_int(self.T, "T", 2, MAX_STEPS)
         check_int(self.batch_size, "batch_size", 1)
         check_choice(self.index, "index", INDEX_KINDS)
         _check_cpu(self.device)
