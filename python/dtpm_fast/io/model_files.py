@@ -285,20 +285,41 @@ def _read_member(archive: zipfile.ZipFile, by_name: dict, entry: dict, path: str
 
 
 def _parse_array(data: bytes, key: str, entry: dict, path: str) -> np.ndarray:
+    """The array in ``data`` (.npy bytes), its header checked before any array is allocated.
+
+    NumPy allocates the header's shape before reading the data, so a small member whose header
+    claims a huge shape would allocate without bound: the header's dtype and shape must match
+    the manifest and account for exactly the member's bytes.
+    """
+    stream = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as exc:
-        raise ValueError(f"{path!r}: array {key!r} is not a plain numeric .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray) or not (
-        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-    ):
-        raise ValueError(f"{path!r}: array {key!r} is not numeric")
-    if "dtype" in entry and (array.dtype.str != entry["dtype"] or list(array.shape) != entry.get("shape")):
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as exc:  # noqa: BLE001 - NumPy parses the header with tokenize/ast: any failure
+        raise ValueError(f"{path!r}: array {key!r} is not a plain numeric .npy array ({type(exc).__name__})") from None
+    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or dtype.fields is not None:
+        raise ValueError(f"{path!r}: array {key!r} is not a plain numeric .npy array (dtype {dtype})")
+    if "dtype" in entry and (dtype.str != entry["dtype"] or list(shape) != entry.get("shape")):
         raise ValueError(
-            f"{path!r}: array {key!r} is {array.dtype.str} {list(array.shape)} but the manifest "
+            f"{path!r}: array {key!r} is {dtype.str} {list(shape)} but the manifest "
             f"declares {entry['dtype']} {entry.get('shape')}"
         )
-    return array
+    count = 1
+    for size in shape:
+        count *= int(size)
+    if stream.tell() + count * dtype.itemsize != len(data):
+        raise ValueError(
+            f"{path!r}: array {key!r} declares {list(shape)} {dtype.str} but holds "
+            f"{len(data) - stream.tell()} data bytes"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    array = flat.reshape(shape, order="F" if fortran_order else "C")
+    return np.array(array, order="C")  # a writable copy, owned
 
 
 # --------------------------------------------------------------------------- state checks

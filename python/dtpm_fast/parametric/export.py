@@ -245,6 +245,33 @@ def _check_meta(meta, train_scores: np.ndarray, path: str) -> None:
         raise _fail(path, f"{TRAIN_SCORES_FILE} is not a list of finite training scores")
 
 
+def _check_tensor_storage(module, path: str) -> None:
+    """Every weight, buffer and constant lies inside its storage.
+
+    The loaders take a tensor's size and strides from the archive's code or JSON and its bytes
+    from another member without comparing the two: a shortened storage member loads, and the
+    first multiplication reads past the end of the buffer (a segfault).
+    """
+    torch = require_torch()
+    tensors = list(module.state_dict().values())
+    for _, value in getattr(module, "named_buffers", lambda: [])():
+        tensors.append(value)
+    for name in dir(module):
+        if name.startswith("_tensor_constant") or name.startswith("lifted_tensor"):
+            tensors.append(getattr(module, name, None))
+    for tensor in tensors:
+        if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
+            continue
+        storage = tensor.untyped_storage()
+        try:
+            usable = storage.data_ptr() != 0
+        except RuntimeError:  # "invalid python storage": the member held fewer bytes than the tensor
+            usable = False
+        last = tensor.storage_offset() + sum((n - 1) * abs(st) for n, st in zip(tensor.shape, tensor.stride()))
+        if not usable or (last + 1) * tensor.element_size() > storage.nbytes():
+            raise _fail(path, "a tensor of the network is larger than its stored bytes (truncated archive)")
+
+
 def _check_graph(module, meta: dict, path: str, device) -> None:
     """Run the graph on two rows: it must take n_features columns and give one finite score per row.
 
@@ -309,6 +336,7 @@ def _load_bytes(data: bytes, path: str, device) -> ExportedScorer:
             module = program.module()
     except Exception as exc:  # noqa: BLE001 - PyTorch's loaders on an untrusted file: any failure is a bad file
         raise _fail(path, f"PyTorch could not load the {fmt} program ({type(exc).__name__}: {exc})") from None
+    _check_tensor_storage(module, path)
     _check_graph(module, meta, path, dev)
     scorer = ExportedScorer._from_loaded(module, fmt, meta, train_scores, dev)
     scorer._path = path
