@@ -175,12 +175,18 @@ class KDTreeIndex:
     def __init__(self, X: np.ndarray, params: dict):
         from scipy.spatial import cKDTree
 
+        self._max_norm = float(np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)).max())
         try:
             self._tree = cKDTree(X, leafsize=params["leafsize"], balanced_tree=False, compact_nodes=False)
         except (RuntimeError, MemoryError, OverflowError) as exc:
             raise ValueError(f"scipy's cKDTree could not index the training rows: {exc}") from None
 
     def search(self, Q: np.ndarray, k: int) -> np.ndarray:
+        # Rows whose float32 distances may overflow come back as -1 for the brute force, as
+        # from the FAISS indexes: every index then picks the same neighbours for them.
+        return _search_in_range(Q, k, self._max_norm, self._query)
+
+    def _query(self, Q: np.ndarray, k: int) -> np.ndarray:
         try:
             _, ids = self._tree.query(Q, k=[*range(1, k + 1)], workers=-1)
         except (RuntimeError, MemoryError, OverflowError) as exc:
