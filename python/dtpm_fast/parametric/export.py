@@ -125,6 +125,94 @@ def _check_pt2_needs_no_pickle(archive: zipfile.ZipFile, path: str, by_tail: dic
                 raise _fail(path, f"{tail} lists tensors that would be unpickled; dtpm_fast never unpickles")
 
 
+#: Bytes per element of the storage classes a TorchScript archive names.
+_STORAGE_ITEM_BYTES = {
+    "torch FloatStorage": 4,
+    "torch DoubleStorage": 8,
+    "torch HalfStorage": 2,
+    "torch BFloat16Storage": 2,
+    "torch LongStorage": 8,
+    "torch IntStorage": 4,
+    "torch ShortStorage": 2,
+    "torch CharStorage": 1,
+    "torch ByteStorage": 1,
+    "torch BoolStorage": 1,
+}
+
+
+def _check_torchscript_storages(archive: zipfile.ZipFile, path: str, by_tail: dict[str, str]) -> None:
+    """Each storage the archive's pickles name must be a ``data/<key>`` member of exactly its size.
+
+    ``torch.jit.load`` allocates a storage of the size its pickle declares and copies what the
+    member holds: a shorter member leaves the rest uninitialised (a different score every
+    run), an empty one an invalid storage. The pickles are disassembled (pickletools), never run.
+    """
+    import pickletools
+
+    for name in ("data.pkl", "constants.pkl"):
+        if name not in by_tail:
+            continue
+        try:
+            for kind, key, numel in _persistent_storages(archive.read(by_tail[name])):
+                member = by_tail.get(f"data/{key}")
+                size = _STORAGE_ITEM_BYTES.get(kind)
+                if size is None or member is None or not isinstance(numel, int):
+                    raise ValueError(f"storage {key!r} of type {kind!r}")
+                if archive.getinfo(member).file_size != numel * size:
+                    raise _fail(
+                        path,
+                        f"tensor storage data/{key} holds {archive.getinfo(member).file_size} bytes, "
+                        f"its tensor needs {numel * size}",
+                    )
+        except ValueError as exc:
+            if str(exc).startswith(repr(path)):
+                raise
+            raise _fail(path, f"its {name} does not describe its tensor storages ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - pickletools on an untrusted pickle: any failure
+            raise _fail(path, f"its {name} cannot be read ({type(exc).__name__})") from None
+
+
+def _persistent_storages(data: bytes):
+    """(storage type, key, numel) of each ``('storage', type, key, location, numel)`` persistent id.
+
+    Follows the pickle's opcodes and its memo (values are referred to again by BINGET) without
+    running anything.
+    """
+    import pickletools
+
+    memo: dict = {}
+    since_mark: list | None = None
+    last = None
+    for op, arg, _ in pickletools.genops(data):
+        name = op.name
+        if name == "MARK":
+            since_mark, last = [], None
+            continue
+        if name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[arg] = last
+            continue
+        if name == "MEMOIZE":
+            memo[len(memo)] = last
+            continue
+        if name in ("BINGET", "LONG_BINGET", "GET"):
+            last = memo.get(arg)
+        elif name in ("GLOBAL", "STACK_GLOBAL"):
+            last = arg.replace("\n", " ") if isinstance(arg, str) else arg
+        elif name == "TUPLE":
+            last = tuple(since_mark or ())
+            since_mark = None
+            continue
+        elif name == "BINPERSID":
+            if not (isinstance(last, tuple) and len(last) == 5 and last[0] == "storage"):
+                raise ValueError("a persistent id that is not a storage")
+            yield last[1], last[2], last[4]
+            continue
+        else:
+            last = arg
+        if since_mark is not None:
+            since_mark.append(last)
+
+
 def inspect_export(path) -> tuple[str, dict, np.ndarray]:
     """Check that ``path`` is an intact dtpm_fast export and read its metadata, without torch.
 
@@ -186,6 +274,8 @@ def _inspect(data: bytes, path: str) -> tuple[str, dict, np.ndarray]:
                 raise _fail(
                     path, "the zip archive is neither a TorchScript module nor a torch.export pt2 file"
                 )
+            if fmt == "torchscript":
+                _check_torchscript_storages(archive, path, by_tail)
             meta_name = by_tail.get("extra/" + META_FILE)
             if meta_name is None:
                 raise _fail(path, f"the {fmt} file carries no {META_FILE} (not exported by dtpm_fast)")
@@ -238,6 +328,8 @@ def _check_meta(meta, train_scores: np.ndarray, path: str) -> None:
     num_bins = meta.get("num_bins")
     if kind == "categorical" and not (is_int(num_bins, 2) and num_bins <= T):
         raise _fail(path, f"{META_FILE} has an invalid num_bins {num_bins!r} for T={T}")
+    if kind == "inverse_gamma" and (num_bins is not None or meta.get("shape_a") != n_features / 2.0 - 1.0):
+        raise _fail(path, f"{META_FILE} is not an inverse-Gamma head's (num_bins {num_bins!r}, shape_a {meta.get('shape_a')!r})")
     c = meta["contamination"]
     if not is_real(meta["threshold"]) or not (is_real(c) and 0.0 < c <= 0.5):
         raise _fail(path, f"{META_FILE} has an invalid threshold or contamination")
