@@ -132,6 +132,7 @@ NP_EDITS = {
     "integer training rows": (lambda s: _set("arrays", "train", s["arrays"]["train"].astype(np.int32))(s), "train"),
     "params failing _check_params": (_set_param("n_neighbors", 0), "n_neighbors"),
     "unknown parameter": (_set_param("neighbours", 3), "neighbours"),
+    "T too large to tabulate": (_set_param("T", 10**9), "T="),
     "index_params a string": (lambda s: s["meta"].__setitem__("index_params", "M=8"), "index_params"),
     "an extra array": (_set("arrays", "other", np.zeros(3)), "unexpected"),
     "a blob for an index without one": (_set("blobs", "index", b"IHNf"), "blob"),
@@ -202,6 +203,9 @@ NET_EDITS = {
     "empty training scores": lambda s, p, m, sc: _set("arrays", "decision_scores", np.zeros(0))(s),
     "params failing _check_params": lambda s, p, m, sc: s["meta"]["params"].__setitem__("T", 1),
     "n_features_in a string": lambda s, p, m, sc: s["meta"].__setitem__("n_features_in", "5"),
+    "a network far wider than its weights": lambda s, p, m, sc: s["meta"]["params"].__setitem__(
+        "width" if p == "network." else "hidden_sizes", 10**9 if p == "network." else [10**9, 8]
+    ),
     "an extra array": lambda s, p, m, sc: _set("arrays", "other", np.zeros(3))(s),
 }
 

@@ -212,7 +212,7 @@ def case(seed: int, i: int, originals: dict[str, bytes]) -> tuple[str, str, byte
     return kind, how, data
 
 
-def classify(path: str, reference: np.ndarray, Q: np.ndarray) -> tuple[str, str]:
+def classify(path: str, reference: np.ndarray, Q: np.ndarray, original: str | None = None) -> tuple[str, str]:
     import dtpm_fast
 
     try:
@@ -224,6 +224,8 @@ def classify(path: str, reference: np.ndarray, Q: np.ndarray) -> tuple[str, str]
         return "other_exception", f"{type(exc).__name__}: {str(exc)[:200]}"
     if scores.shape == reference.shape and np.array_equal(scores, reference):
         return "identical", ""
+    if original is not None and classify(original, reference, Q)[0] != "identical":
+        return "different", "the unmutated file scores differently in this process too"
     return "different", "scores differ from the original's"
 
 
@@ -241,7 +243,7 @@ def worker(args) -> None:
         kind, how, data = case(args.seed, i, originals)
         Path(target).write_bytes(data)
         progress.write(f"start {i}\n")
-        outcome, detail = classify(target, references[kind], Q)
+        outcome, detail = classify(target, references[kind], Q, str(work / f"{kind}.bin"))
         if outcome == "different" and how in FORGED:
             outcome = "different_forged"
         progress.write(json.dumps({"i": i, "kind": kind, "how": how, "outcome": outcome, "detail": detail}) + "\n")

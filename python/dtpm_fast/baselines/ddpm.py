@@ -607,6 +607,7 @@ class DDPMReconstruction(BaseDetector):
         loads onto the CPU when this machine has no usable GPU (so saved files stay portable).
         """
         require_torch()
+        from dtpm_fast.io.model_files import MAX_DIFFUSION_STEPS as MAX_LOADED_T
         from dtpm_fast.io.model_files import SavedState
 
         saved = SavedState(meta, arrays, blobs)
@@ -619,6 +620,8 @@ class DDPMReconstruction(BaseDetector):
         params["dropout"] = tuple(params["dropout"])
         model = cls(**params)
         model._check_params()
+        if model.T > MAX_LOADED_T:
+            raise ValueError(f"saved state is inconsistent: T={model.T} exceeds {MAX_LOADED_T} steps")
         try:
             device = resolve_device(model.device, native=False)
         except ValueError:
@@ -634,21 +637,19 @@ class DDPMReconstruction(BaseDetector):
             raise ValueError("saved state is inconsistent: array 'decision_scores' is empty")
         history = saved.array("loss_history", (None,))
         threshold = saved.number("threshold")
-        prefix = "network."
-        weights = saved.arrays_with_prefix(prefix)
         saved.blob("index", allowed=False)
+        prefix = "network."
+        # Shapes from a skeleton on the "meta" device (nothing allocated): a file asking for a
+        # huge network is refused before it is built.
+        with torch.device("meta"):
+            skeleton = model._build_network(n_features)
+        expected = {
+            name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in skeleton.state_dict().items()
+        }
+        weights = saved.weights(prefix, expected)
         saved.finish()
         network = model._build_network(n_features)
-        expected = network.state_dict()
-        state = {}
-        for key, value in weights.items():
-            reference = expected.get(key[len(prefix) :])
-            if reference is not None and str(reference.dtype).replace("torch.", "") != value.dtype.name:
-                raise ValueError(
-                    f"saved state is inconsistent: array {key!r} has dtype {value.dtype}, the network "
-                    f"holds {reference.dtype}"
-                )
-            state[key[len(prefix) :]] = torch.as_tensor(np.array(value))
+        state = {name: torch.as_tensor(np.array(value)) for name, value in weights.items()}
         try:
             network.load_state_dict(state, strict=True)
         except RuntimeError as exc:

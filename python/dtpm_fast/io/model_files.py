@@ -43,6 +43,9 @@ MAX_MANIFEST_BYTES = 64 << 20  # feature names of a very wide table fit many tim
 MAX_MANIFEST_DEPTH = 32
 MEMBER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _CHUNK = 1 << 20
+#: Most diffusion steps a loaded model may have: its tables (T floats per row and grid) are
+#: built at load, so a file's T is bounded where a user's is not (about 10^3 in practice).
+MAX_DIFFUSION_STEPS = 1 << 20
 
 ModelFileState = dict  # {"kind", "meta", "arrays", "blobs", "extras"}: see write()
 
@@ -372,6 +375,26 @@ class SavedState:
         found = {k: v for k, v in self._arrays.items() if k.startswith(prefix)}
         for key, value in found.items():
             self.array(key, (None,) * getattr(value, "ndim", 0), kinds="fiub")
+        return found
+
+    def weights(self, prefix: str, expected: dict) -> dict:
+        """The arrays named ``prefix + name``, exactly the names of ``expected`` with its shapes
+        and dtypes (``expected``: name -> (shape tuple, NumPy dtype name), e.g. from a network
+        built on torch's "meta" device, which allocates nothing), finite."""
+        found = {k[len(prefix) :]: v for k, v in self._arrays.items() if k.startswith(prefix)}
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        if missing or extra:
+            raise self._fail(
+                f"saved network weights do not match the saved parameters (missing {missing[:5]}, "
+                f"unexpected {extra[:5]})"
+            )
+        for name, (shape, dtype) in expected.items():
+            value = found[name]
+            if tuple(shape) == () and getattr(value, "shape", None) == (1,):
+                shape = (1,)  # a 0-d buffer saved as shape (1,): torch's load_state_dict takes it too
+            value = self.array(prefix + name, tuple(shape), kinds="fiub")
+            if value.dtype.name != dtype:
+                raise self._fail(f"array {prefix + name!r} has dtype {value.dtype.name}, the network holds {dtype}")
         return found
 
     def blob(self, key: str, *, allowed: bool = True):

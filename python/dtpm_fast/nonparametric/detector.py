@@ -252,6 +252,8 @@ class DTPMNonParametric(BaseDetector):
             params["device"] = "auto"  # a GPU-fitted model loads anywhere; "auto" picks the GPU if present
         self = cls(**params)
         self._check_params()
+        if self.T > model_files.MAX_DIFFUSION_STEPS:
+            raise ValueError(f"saved state is inconsistent: T={self.T} exceeds {model_files.MAX_DIFFUSION_STEPS} steps")
         n_features = saved.integer("n_features_in", 3)
         train = saved.array("train", (None, n_features), kinds="f")
         n_train = train.shape[0]

@@ -261,35 +261,26 @@ class _ParametricDTPM(BaseDetector):
         scale = saved.array(_STATE_PREFIX + "scale", (d,))
         if not (scale > 0).all():
             raise ValueError(f"saved state is inconsistent: array {_STATE_PREFIX + 'scale'!r} has a value <= 0")
-        weights = saved.arrays_with_prefix(_STATE_PREFIX)
         scores = saved.array("decision_scores", (None,))
         if scores.size == 0:
             raise ValueError("saved state is inconsistent: array 'decision_scores' is empty")
         history = saved.array("loss_history", (None,), optional=True)
         threshold = saved.number("threshold")
         saved.blob("index", allowed=False)
-        saved.finish()
         device = resolve_torch_device(self.device)
+        mean32, scale32 = np.asarray(mean, dtype=np.float32), np.asarray(scale, dtype=np.float32)
+        # The network's shapes from a skeleton on the "meta" device (nothing allocated), so a
+        # file whose parameters ask for a huge network is refused before it is built.
+        with torch.device("meta"):
+            skeleton = build_scorer(
+                cls._kind, d, self.hidden_sizes, float(self.dropout), mean32, scale32, num_bins=self._num_bins()
+            )
+        weights = saved.weights(_STATE_PREFIX, _shapes_and_dtypes(skeleton))
+        saved.finish()
         module = build_scorer(
-            cls._kind,
-            d,
-            self.hidden_sizes,
-            float(self.dropout),
-            np.asarray(mean, dtype=np.float32),
-            np.asarray(scale, dtype=np.float32),
-            num_bins=self._num_bins(),
+            cls._kind, d, self.hidden_sizes, float(self.dropout), mean32, scale32, num_bins=self._num_bins()
         )
-        expected = module.state_dict()
-        state = {}
-        for key, value in weights.items():
-            name = key[len(_STATE_PREFIX) :]
-            reference = expected.get(name)
-            if reference is not None and np.dtype(value.dtype) != np.dtype(str(reference.dtype).replace("torch.", "")):
-                raise ValueError(
-                    f"saved state is inconsistent: array {key!r} has dtype {value.dtype}, the network "
-                    f"holds {reference.dtype}"
-                )
-            state[name] = torch.from_numpy(np.array(value))
+        state = {name: torch.from_numpy(np.array(value)) for name, value in weights.items()}
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -300,6 +291,13 @@ class _ParametricDTPM(BaseDetector):
         self.loss_history_ = np.asarray(history if history is not None else np.empty(0), dtype=np.float64)
         self._restore_threshold(scores, threshold)
         return self
+
+
+def _shapes_and_dtypes(module) -> dict:
+    """name -> (shape, NumPy dtype name) of a module's state (works on the "meta" device)."""
+    return {
+        name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in module.state_dict().items()
+    }
 
 
 _COMMON_PARAMS_DOC = """
