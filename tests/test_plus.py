@@ -7,9 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from dtpm_fast import DTPMNonParametric
+from dtpm_fast import DTPMMultiScale, DTPMNonParametric
 from dtpm_fast.evaluation.models import ModelOptions, get_model
-from dtpm_fast import DTPMMultiScale
 from oracles import knn_sqdist_oracle, posterior_oracle
 
 

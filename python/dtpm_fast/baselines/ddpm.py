@@ -607,24 +607,56 @@ class DDPMReconstruction(BaseDetector):
         loads onto the CPU when this machine has no usable GPU (so saved files stay portable).
         """
         require_torch()
-        params = dict(meta["params"])
+        from dtpm_fast.io.model_files import SavedState
+
+        saved = SavedState(meta, arrays, blobs)
+        params = dict(saved.mapping("params"))
+        unknown = sorted(set(params) - set(cls._param_names()))
+        if unknown:
+            raise ValueError(f"saved parameters {unknown} are not parameters of {cls.__name__}")
+        if not isinstance(params.get("dropout"), list):
+            raise ValueError("saved state is inconsistent: 'dropout' is not a list")
         params["dropout"] = tuple(params["dropout"])
         model = cls(**params)
+        model._check_params()  # bounds T (schedule.MAX_STEPS) before any table is built
         try:
             device = resolve_device(model.device, native=False)
         except ValueError:
             device = "cpu"
-        n_features = int(meta["n_features_in"])
-        network = model._build_network(n_features)
+        n_features = saved.integer("n_features_in", 1)
+        n_epochs = saved.integer("n_epochs", 0)
+        mean = saved.array("standardizer_mean", (n_features,))
+        scale = saved.array("standardizer_scale", (n_features,))
+        if not (scale > 0).all():
+            raise ValueError("saved state is inconsistent: array 'standardizer_scale' has a value <= 0")
+        scores = saved.array("decision_scores", (None,))
+        if scores.size == 0:
+            raise ValueError("saved state is inconsistent: array 'decision_scores' is empty")
+        history = saved.array("loss_history", (None,))
+        threshold = saved.number("threshold")
+        saved.blob("index", allowed=False)
         prefix = "network."
-        state = {k[len(prefix) :]: torch.tensor(np.asarray(v)) for k, v in arrays.items() if k.startswith(prefix)}
-        network.load_state_dict(state, strict=True)
+        # Shapes from a skeleton on the "meta" device (nothing allocated): a file asking for a
+        # huge network is refused before it is built.
+        with torch.device("meta"):
+            skeleton = model._build_network(n_features)
+        expected = {
+            name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in skeleton.state_dict().items()
+        }
+        weights = saved.weights(prefix, expected)
+        saved.finish()
+        network = model._build_network(n_features)
+        state = {name: torch.as_tensor(np.array(value)) for name, value in weights.items()}
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"saved network weights do not match the saved parameters: {exc}") from None
         network.to(device).eval()
         model.device_ = device
         model.n_features_in_ = n_features
         model.network_ = network
-        model.standardizer_ = Standardizer(arrays["standardizer_mean"], arrays["standardizer_scale"])
-        model.loss_history_ = np.asarray(arrays["loss_history"], dtype=np.float64)
-        model.n_epochs_ = int(meta["n_epochs"])
-        model._restore_threshold(arrays["decision_scores"], meta["threshold"])
+        model.standardizer_ = Standardizer(mean, scale)
+        model.loss_history_ = np.asarray(history, dtype=np.float64)
+        model.n_epochs_ = n_epochs
+        model._restore_threshold(scores, threshold)
         return model

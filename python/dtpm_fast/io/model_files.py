@@ -34,7 +34,7 @@ import numpy as np
 
 from dtpm_fast.io.atomic import atomic_output
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileState", "exported_format", "read", "write"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileState", "SavedState", "exported_format", "read", "write"]
 
 FORMAT_NAME = "dtpm_fast-model"
 FORMAT_VERSION = 1
@@ -285,17 +285,148 @@ def _read_member(archive: zipfile.ZipFile, by_name: dict, entry: dict, path: str
 
 
 def _parse_array(data: bytes, key: str, entry: dict, path: str) -> np.ndarray:
+    """The array in ``data`` (.npy bytes), its header checked before any array is allocated.
+
+    NumPy allocates the header's shape before reading the data, so a small member whose header
+    claims a huge shape would allocate without bound: the header's dtype and shape must match
+    the manifest and account for exactly the member's bytes.
+    """
+    stream = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as exc:
-        raise ValueError(f"{path!r}: array {key!r} is not a plain numeric .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray) or not (
-        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-    ):
-        raise ValueError(f"{path!r}: array {key!r} is not numeric")
-    if "dtype" in entry and (array.dtype.str != entry["dtype"] or list(array.shape) != entry.get("shape")):
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as exc:  # noqa: BLE001 - NumPy parses the header with tokenize/ast: any failure
+        raise ValueError(f"{path!r}: array {key!r} is not a plain numeric .npy array ({type(exc).__name__})") from None
+    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or dtype.fields is not None:
+        raise ValueError(f"{path!r}: array {key!r} is not a plain numeric .npy array (dtype {dtype})")
+    if "dtype" in entry and (dtype.str != entry["dtype"] or list(shape) != entry.get("shape")):
         raise ValueError(
-            f"{path!r}: array {key!r} is {array.dtype.str} {list(array.shape)} but the manifest "
+            f"{path!r}: array {key!r} is {dtype.str} {list(shape)} but the manifest "
             f"declares {entry['dtype']} {entry.get('shape')}"
         )
-    return array
+    count = 1
+    for size in shape:
+        count *= int(size)
+    if stream.tell() + count * dtype.itemsize != len(data):
+        raise ValueError(
+            f"{path!r}: array {key!r} declares {list(shape)} {dtype.str} but holds "
+            f"{len(data) - stream.tell()} data bytes"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    array = flat.reshape(shape, order="F" if fortran_order else "C")
+    return np.array(array, order="C")  # a writable copy, owned
+
+
+# --------------------------------------------------------------------------- state checks
+
+
+class SavedState:
+    """The checks every detector's ``_from_state`` makes on what a file (or a pickle) holds.
+
+    One reader per rebuild: each ``array`` / ``integer`` / ``number`` call checks a member
+    against what the detector expects (kind of dtype, shape -- with sizes shared between
+    members, such as the feature count -- and finiteness), and :meth:`finish` refuses members
+    nobody asked for. Every failure is a ValueError saying which member and why, raised before
+    anything is built from the state.
+    """
+
+    def __init__(self, meta, arrays, blobs):
+        if not isinstance(meta, dict) or not isinstance(arrays, dict) or not isinstance(blobs, dict):
+            raise ValueError("saved state is malformed: metadata, arrays and blobs must be mappings")
+        self.meta, self._arrays, self._blobs = meta, arrays, blobs
+        self._used_arrays: set[str] = set()
+        self._used_blobs: set[str] = set()
+
+    @staticmethod
+    def _fail(what: str) -> ValueError:
+        return ValueError(f"saved state is inconsistent: {what}")
+
+    def array(self, key: str, shape, *, kinds: str = "f", finite: bool = True, optional: bool = False):
+        """Array ``key`` of ``shape`` (a tuple of ints, None for any size) and a dtype of ``kinds``.
+
+        Returns None for a missing ``optional`` array.
+        """
+        self._used_arrays.add(key)
+        if key not in self._arrays:
+            if optional:
+                return None
+            raise self._fail(f"array {key!r} is missing")
+        value = self._arrays[key]
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds:
+            kind = getattr(getattr(value, "dtype", None), "str", type(value).__name__)
+            raise self._fail(f"array {key!r} has dtype {kind}, expected one of kinds {kinds!r}")
+        if len(shape) != value.ndim or any(s is not None and s != v for s, v in zip(shape, value.shape)):
+            expected = tuple("any" if s is None else s for s in shape)
+            raise self._fail(f"array {key!r} has shape {value.shape}, expected {expected}")
+        if finite and value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise self._fail(f"array {key!r} contains NaN or infinity")
+        return value
+
+    def arrays_with_prefix(self, prefix: str) -> dict:
+        """All arrays whose name starts with ``prefix`` (checked by the caller, e.g. torch)."""
+        found = {k: v for k, v in self._arrays.items() if k.startswith(prefix)}
+        for key, value in found.items():
+            self.array(key, (None,) * getattr(value, "ndim", 0), kinds="fiub")
+        return found
+
+    def weights(self, prefix: str, expected: dict) -> dict:
+        """The arrays named ``prefix + name``, exactly the names of ``expected`` with its shapes
+        and dtypes (``expected``: name -> (shape tuple, NumPy dtype name), e.g. from a network
+        built on torch's "meta" device, which allocates nothing), finite."""
+        found = {k[len(prefix) :]: v for k, v in self._arrays.items() if k.startswith(prefix)}
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        if missing or extra:
+            raise self._fail(
+                f"saved network weights do not match the saved parameters (missing {missing[:5]}, "
+                f"unexpected {extra[:5]})"
+            )
+        for name, (shape, dtype) in expected.items():
+            value = found[name]
+            if tuple(shape) == () and getattr(value, "shape", None) == (1,):
+                shape = (1,)  # a 0-d buffer saved as shape (1,): torch's load_state_dict takes it too
+            value = self.array(prefix + name, tuple(shape), kinds="fiub")
+            if value.dtype.name != dtype:
+                raise self._fail(f"array {prefix + name!r} has dtype {value.dtype.name}, the network holds {dtype}")
+        return found
+
+    def blob(self, key: str, *, allowed: bool = True):
+        """Blob ``key`` or None; a blob present where the model has none is refused."""
+        self._used_blobs.add(key)
+        value = self._blobs.get(key)
+        if value is not None and not allowed:
+            raise self._fail(f"blob {key!r} is present but this model has none")
+        if value is not None and not isinstance(value, (bytes, bytearray)):
+            raise self._fail(f"blob {key!r} is not bytes")
+        return value
+
+    def integer(self, key: str, minimum: int = 0, maximum: int | None = None, source=None) -> int:
+        value = (self.meta if source is None else source).get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (
+            maximum is not None and value > maximum
+        ):
+            bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise self._fail(f"{key!r} is {value!r}, expected an integer {bound}")
+        return int(value)
+
+    def number(self, key: str, source=None) -> float:
+        value = (self.meta if source is None else source).get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise self._fail(f"{key!r} is {value!r}, expected a finite number")
+        return float(value)
+
+    def mapping(self, key: str) -> dict:
+        value = self.meta.get(key)
+        if not isinstance(value, dict):
+            raise self._fail(f"{key!r} is {type(value).__name__}, expected a mapping")
+        return value
+
+    def finish(self) -> None:
+        """Refuse arrays or blobs that no check asked for (a member swapped in from elsewhere)."""
+        extra = sorted(set(self._arrays) - self._used_arrays) + sorted(set(self._blobs) - self._used_blobs)
+        if extra:
+            raise self._fail(f"unexpected member(s) {extra[:5]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from dtpm_fast._device import resolve_device
 from dtpm_fast._validation import check_choice, check_int, check_is_fitted
 from dtpm_fast.base import BaseDetector
+from dtpm_fast.io import model_files
 from dtpm_fast.nonparametric import indexes
 from dtpm_fast.nonparametric.gpu.arrays import is_device_array, to_numpy
 from dtpm_fast.nonparametric.host import HostBackend
@@ -114,6 +116,13 @@ class DTPMNonParametric(BaseDetector):
         check_choice(self.index, "index", indexes.INDEX_KINDS)
         check_choice(self.standardize, "standardize", (True, False))
         self._check_contamination()
+        if self.index != "auto":  # the keys and types here; nlist against the rows in fit
+            indexes.resolve_params(self.index, self.index_params)
+        elif self.index_params is not None and not isinstance(self.index_params, Mapping):
+            raise ValueError(
+                f"index_params must be a dict or None, got {type(self.index_params).__name__} "
+                f"{self.index_params!r}; {indexes.INDEX_PARAMS_HINT}"
+            )
 
     def fit(self, X, y=None) -> DTPMNonParametric:
         """Fit on training rows X of shape (n_samples, n_features) (labels ``y`` are ignored).
@@ -140,7 +149,7 @@ class DTPMNonParametric(BaseDetector):
             scaler=scaler,
             grid=PosteriorGrid.for_steps(self.T),
             index_kind=kind,
-            index_params=indexes.resolve_params(kind, self.index_params),
+            index_params=indexes.resolve_params(kind, self.index_params, n_train=n),
         )
         self.n_features_in_ = d
         self.index_kind_ = kind
@@ -237,27 +246,46 @@ class DTPMNonParametric(BaseDetector):
 
     @classmethod
     def _from_state(cls, meta, arrays, blobs):
-        params = dict(meta["params"])
+        saved = model_files.SavedState(meta, arrays, blobs)
+        params = dict(saved.mapping("params"))
+        unknown = sorted(set(params) - set(cls._param_names()))
+        if unknown:
+            raise ValueError(f"saved parameters {unknown} are not parameters of {cls.__name__}")
         if params.get("device") not in (None, "auto", "cpu"):
             params["device"] = "auto"  # a GPU-fitted model loads anywhere; "auto" picks the GPU if present
         self = cls(**params)
-        self._check_params()
-        train = np.ascontiguousarray(arrays["train"], dtype=np.float32)
-        n_features = int(meta["n_features_in"])
-        if train.ndim != 2 or train.shape[1] != n_features:
-            raise ValueError("saved state is inconsistent: training rows do not match n_features_in")
-        kind = meta["index_kind"]
+        self._check_params()  # bounds T (schedule.MAX_STEPS) before the grid is built
+        n_features = saved.integer("n_features_in", 3)
+        train = saved.array("train", (None, n_features), kinds="f")
+        n_train = train.shape[0]
+        if n_train <= self._largest_k():
+            raise ValueError(
+                f"saved state is inconsistent: {n_train} training rows, but n_neighbors={self.n_neighbors} "
+                "needs more"
+            )
+        scale = saved.array("scaler_scale", (n_features,))
+        if not (scale > 0).all():
+            raise ValueError("saved state is inconsistent: array 'scaler_scale' has a value <= 0")
+        mean = saved.array("scaler_mean", (n_features,))
+        scores = saved.array("decision_scores", (n_train,))
+        threshold = saved.number("threshold")
+        kind = meta.get("index_kind")
+        if kind not in indexes.INDEX_KINDS or kind == "auto" or self.index not in ("auto", kind):
+            raise ValueError(f"saved state is inconsistent: index_kind {kind!r} with index={self.index!r}")
+        index_params = saved.mapping("index_params")
+        serialized = saved.blob("index", allowed=kind in ("hnsw", "ivf"))
+        saved.finish()
         self._state = FittedState(
-            train=train,
-            scaler=Standardizer(arrays["scaler_mean"], arrays["scaler_scale"]),
+            train=np.ascontiguousarray(train, dtype=np.float32),
+            scaler=Standardizer(mean, scale),
             grid=PosteriorGrid.for_steps(self.T),
             index_kind=kind,
-            index_params=indexes.resolve_params(kind, meta["index_params"]),
+            index_params=indexes.resolve_params(kind, index_params, n_train=n_train),
         )
         self.n_features_in_ = n_features
         self.index_kind_ = kind
-        self._backend = self._make_backend(resolve_device(self.device), blobs.get("index"))
+        self._backend = self._make_backend(resolve_device(self.device), serialized)
         if self._backend.device_name == "cpu":
             self._backend.index()  # restore the index now: a corrupt saved index fails at load
-        self._restore_threshold(arrays["decision_scores"], meta["threshold"])
+        self._restore_threshold(scores, threshold)
         return self

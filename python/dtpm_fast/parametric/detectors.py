@@ -236,31 +236,51 @@ class _ParametricDTPM(BaseDetector):
     @classmethod
     def _from_state(cls, meta: dict, arrays: dict, blobs: dict):
         torch = require_torch()
+        from dtpm_fast.io.model_files import SavedState
         from dtpm_fast.parametric.network import build_scorer
 
+        saved = SavedState(meta, arrays, blobs)
         if meta.get("kind") != cls._kind:
             raise ValueError(
                 f"saved state is a {meta.get('kind')!r} model, not {cls._kind!r} ({cls.__name__})."
             )
-        params = dict(meta["params"])
+        params = dict(saved.mapping("params"))
+        unknown = sorted(set(params) - set(cls._param_names()))
+        if unknown:
+            raise ValueError(f"saved parameters {unknown} are not parameters of {cls.__name__}")
+        if not isinstance(params.get("hidden_sizes"), list):
+            raise ValueError("saved state is inconsistent: 'hidden_sizes' is not a list")
         params["hidden_sizes"] = tuple(params["hidden_sizes"])
         if params.get("device") not in (None, "auto", "cpu"):
             params["device"] = "auto"  # a GPU-trained model loads anywhere; "auto" picks a GPU if present
         self = cls(**params)
         self._check_params()
-        d = int(meta["n_features_in"])
+        d = saved.integer("n_features_in", 1)
         self._check_n_features_for_fit(d)
+        mean = saved.array(_STATE_PREFIX + "mean", (d,))
+        scale = saved.array(_STATE_PREFIX + "scale", (d,))
+        if not (scale > 0).all():
+            raise ValueError(f"saved state is inconsistent: array {_STATE_PREFIX + 'scale'!r} has a value <= 0")
+        scores = saved.array("decision_scores", (None,))
+        if scores.size == 0:
+            raise ValueError("saved state is inconsistent: array 'decision_scores' is empty")
+        history = saved.array("loss_history", (None,), optional=True)
+        threshold = saved.number("threshold")
+        saved.blob("index", allowed=False)
         device = resolve_torch_device(self.device)
-        mean = np.asarray(arrays[_STATE_PREFIX + "mean"], dtype=np.float32)
-        scale = np.asarray(arrays[_STATE_PREFIX + "scale"], dtype=np.float32)
+        mean32, scale32 = np.asarray(mean, dtype=np.float32), np.asarray(scale, dtype=np.float32)
+        # The network's shapes from a skeleton on the "meta" device (nothing allocated), so a
+        # file whose parameters ask for a huge network is refused before it is built.
+        with torch.device("meta"):
+            skeleton = build_scorer(
+                cls._kind, d, self.hidden_sizes, float(self.dropout), mean32, scale32, num_bins=self._num_bins()
+            )
+        weights = saved.weights(_STATE_PREFIX, _shapes_and_dtypes(skeleton))
+        saved.finish()
         module = build_scorer(
-            cls._kind, d, self.hidden_sizes, float(self.dropout), mean, scale, num_bins=self._num_bins()
+            cls._kind, d, self.hidden_sizes, float(self.dropout), mean32, scale32, num_bins=self._num_bins()
         )
-        state = {
-            k[len(_STATE_PREFIX) :]: torch.from_numpy(np.array(v))
-            for k, v in arrays.items()
-            if k.startswith(_STATE_PREFIX)
-        }
+        state = {name: torch.from_numpy(np.array(value)) for name, value in weights.items()}
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -268,9 +288,16 @@ class _ParametricDTPM(BaseDetector):
         self._module = module.to(device).eval()
         self._torch_device = device
         self.n_features_in_ = d
-        self.loss_history_ = np.asarray(arrays.get("loss_history", np.empty(0)), dtype=np.float64)
-        self._restore_threshold(arrays["decision_scores"], meta["threshold"])
+        self.loss_history_ = np.asarray(history if history is not None else np.empty(0), dtype=np.float64)
+        self._restore_threshold(scores, threshold)
         return self
+
+
+def _shapes_and_dtypes(module) -> dict:
+    """name -> (shape, NumPy dtype name) of a module's state (works on the "meta" device)."""
+    return {
+        name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in module.state_dict().items()
+    }
 
 
 _COMMON_PARAMS_DOC = """

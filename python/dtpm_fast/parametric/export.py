@@ -15,6 +15,7 @@ and a pt2 file that would make ``torch.export.load`` unpickle anything is refuse
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import warnings
@@ -124,6 +125,93 @@ def _check_pt2_needs_no_pickle(archive: zipfile.ZipFile, path: str, by_tail: dic
                 raise _fail(path, f"{tail} lists tensors that would be unpickled; dtpm_fast never unpickles")
 
 
+#: Bytes per element of the storage classes a TorchScript archive names.
+_STORAGE_ITEM_BYTES = {
+    "torch FloatStorage": 4,
+    "torch DoubleStorage": 8,
+    "torch HalfStorage": 2,
+    "torch BFloat16Storage": 2,
+    "torch LongStorage": 8,
+    "torch IntStorage": 4,
+    "torch ShortStorage": 2,
+    "torch CharStorage": 1,
+    "torch ByteStorage": 1,
+    "torch BoolStorage": 1,
+}
+
+
+def _check_torchscript_storages(archive: zipfile.ZipFile, path: str, by_tail: dict[str, str]) -> None:
+    """Each storage the archive's pickles name must be a ``data/<key>`` member of exactly its size.
+
+    ``torch.jit.load`` allocates a storage of the size its pickle declares and copies what the
+    member holds: a shorter member leaves the rest uninitialised (a different score every
+    run), an empty one an invalid storage. The pickles are disassembled (pickletools), never run.
+    """
+
+    for name in ("data.pkl", "constants.pkl"):
+        if name not in by_tail:
+            continue
+        try:
+            for kind, key, numel in _persistent_storages(archive.read(by_tail[name])):
+                member = by_tail.get(f"data/{key}")
+                size = _STORAGE_ITEM_BYTES.get(kind)
+                if size is None or member is None or not isinstance(numel, int):
+                    raise ValueError(f"storage {key!r} of type {kind!r}")
+                if archive.getinfo(member).file_size != numel * size:
+                    raise _fail(
+                        path,
+                        f"tensor storage data/{key} holds {archive.getinfo(member).file_size} bytes, "
+                        f"its tensor needs {numel * size}",
+                    )
+        except ValueError as exc:
+            if str(exc).startswith(repr(path)):
+                raise
+            raise _fail(path, f"its {name} does not describe its tensor storages ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - pickletools on an untrusted pickle: any failure
+            raise _fail(path, f"its {name} cannot be read ({type(exc).__name__})") from None
+
+
+def _persistent_storages(data: bytes):
+    """(storage type, key, numel) of each ``('storage', type, key, location, numel)`` persistent id.
+
+    Follows the pickle's opcodes and its memo (values are referred to again by BINGET) without
+    running anything.
+    """
+    import pickletools
+
+    memo: dict = {}
+    since_mark: list | None = None
+    last = None
+    for op, arg, _ in pickletools.genops(data):
+        name = op.name
+        if name == "MARK":
+            since_mark, last = [], None
+            continue
+        if name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[arg] = last
+            continue
+        if name == "MEMOIZE":
+            memo[len(memo)] = last
+            continue
+        if name in ("BINGET", "LONG_BINGET", "GET"):
+            last = memo.get(arg)
+        elif name in ("GLOBAL", "STACK_GLOBAL"):
+            last = arg.replace("\n", " ") if isinstance(arg, str) else arg
+        elif name == "TUPLE":
+            last = tuple(since_mark or ())
+            since_mark = None
+            continue
+        elif name == "BINPERSID":
+            if not (isinstance(last, tuple) and len(last) == 5 and last[0] == "storage"):
+                raise ValueError("a persistent id that is not a storage")
+            yield last[1], last[2], last[4]
+            continue
+        else:
+            last = arg
+        if since_mark is not None:
+            since_mark.append(last)
+
+
 def inspect_export(path) -> tuple[str, dict, np.ndarray]:
     """Check that ``path`` is an intact dtpm_fast export and read its metadata, without torch.
 
@@ -142,18 +230,36 @@ def inspect_export(path) -> tuple[str, dict, np.ndarray]:
         (pickled weights/constants, non-empty sample inputs, unexpected members).
     """
     path = os.fspath(path)
+    return _inspect(_read_file(path), path)
+
+
+#: Largest exported file read (the scoring networks are megabytes; this bounds a hostile file).
+MAX_EXPORT_BYTES = 4 << 30
+
+
+def _read_file(path: str) -> bytes:
     if not Path(path).is_file():
         raise _fail(path, "no such file")
+    size = os.path.getsize(path)
+    if size > MAX_EXPORT_BYTES:
+        raise _fail(path, f"it holds {size} bytes, more than the {MAX_EXPORT_BYTES} an exported network may")
     with open(path, "rb") as fh:
-        magic = fh.read(4)
+        return fh.read()
+
+
+def _inspect(data: bytes, path: str) -> tuple[str, dict, np.ndarray]:
+    """:func:`inspect_export` on the file's bytes (``path`` names it in messages)."""
+    magic = data[:4]
     if magic != _ZIP_MAGIC:
         raise _fail(path, f"it does not start with the zip signature (first bytes {magic!r})")
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+            if len(set(names)) != len(names):
+                raise _fail(path, "the archive holds a member name twice")
             bad = archive.testzip()
             if bad is not None:
                 raise _fail(path, f"the archive is damaged (CRC mismatch in {bad!r})")
-            names = archive.namelist()
             by_tail = {name.split("/", 1)[1]: name for name in names if "/" in name}
             if "archive_format" in by_tail and archive.read(by_tail["archive_format"]).strip() == b"pt2":
                 fmt = "pt2"
@@ -167,6 +273,8 @@ def inspect_export(path) -> tuple[str, dict, np.ndarray]:
                 raise _fail(
                     path, "the zip archive is neither a TorchScript module nor a torch.export pt2 file"
                 )
+            if fmt == "torchscript":
+                _check_torchscript_storages(archive, path, by_tail)
             meta_name = by_tail.get("extra/" + META_FILE)
             if meta_name is None:
                 raise _fail(path, f"the {fmt} file carries no {META_FILE} (not exported by dtpm_fast)")
@@ -179,19 +287,101 @@ def inspect_export(path) -> tuple[str, dict, np.ndarray]:
                 if scores_name is not None
                 else np.empty(0)
             )
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         raise _fail(path, f"the zip archive cannot be read ({exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise _fail(path, f"its metadata is not valid ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, ValueError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(repr(path)):
+            raise
+        raise _fail(path, f"its metadata is not valid ({type(exc).__name__}: {exc})") from None
+    _check_meta(meta, train_scores, path)
+    return fmt, meta, train_scores
+
+
+def _check_meta(meta, train_scores: np.ndarray, path: str) -> None:
+    """The metadata's fields, each of the type and range dtpm_fast writes."""
     required = {"producer", "kind", "n_features", "T", "threshold", "contamination", "version"}
     if not isinstance(meta, dict) or meta.get("producer") != PRODUCER or not required <= set(meta):
         raise _fail(path, f"{META_FILE} lacks the dtpm_fast fields {sorted(required)}")
-    n_features, threshold = meta["n_features"], meta["threshold"]
-    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+
+    def is_int(value, low):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    def is_real(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+    kind, n_features, T = meta["kind"], meta["n_features"], meta["T"]
+    if kind not in ("categorical", "inverse_gamma"):
+        raise _fail(path, f"{META_FILE} has an unknown kind {kind!r}")
+    if not is_int(n_features, 3 if kind == "inverse_gamma" else 1):
         raise _fail(path, f"{META_FILE} has an invalid n_features {n_features!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or train_scores.ndim != 1:
-        raise _fail(path, f"{META_FILE} has an invalid threshold or training scores")
-    return fmt, meta, train_scores
+    if not is_int(T, 2):
+        raise _fail(path, f"{META_FILE} has an invalid T {T!r}")
+    num_bins = meta.get("num_bins")
+    if kind == "categorical" and not (is_int(num_bins, 2) and num_bins <= T):
+        raise _fail(path, f"{META_FILE} has an invalid num_bins {num_bins!r} for T={T}")
+    if kind == "inverse_gamma" and (num_bins is not None or meta.get("shape_a") != n_features / 2.0 - 1.0):
+        raise _fail(path, f"{META_FILE} is not an inverse-Gamma head's (num_bins {num_bins!r}, shape_a {meta.get('shape_a')!r})")
+    c = meta["contamination"]
+    if not is_real(meta["threshold"]) or not (is_real(c) and 0.0 < c <= 0.5):
+        raise _fail(path, f"{META_FILE} has an invalid threshold or contamination")
+    if train_scores.ndim != 1 or not np.isfinite(train_scores).all():
+        raise _fail(path, f"{TRAIN_SCORES_FILE} is not a list of finite training scores")
+
+
+def _check_tensor_storage(module, path: str) -> None:
+    """Every weight, buffer and constant lies inside its storage.
+
+    The loaders take a tensor's size and strides from the archive's code or JSON and its bytes
+    from another member without comparing the two: a shortened storage member loads, and the
+    first multiplication reads past the end of the buffer (a segfault).
+    """
+    torch = require_torch()
+    tensors = list(module.state_dict().values())
+    for _, value in getattr(module, "named_buffers", lambda: [])():
+        tensors.append(value)
+    for name in dir(module):
+        if name.startswith("_tensor_constant") or name.startswith("lifted_tensor"):
+            tensors.append(getattr(module, name, None))
+    for tensor in tensors:
+        if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
+            continue
+        storage = tensor.untyped_storage()
+        try:
+            usable = storage.data_ptr() != 0
+        except RuntimeError:  # "invalid python storage": the member held fewer bytes than the tensor
+            usable = False
+        last = tensor.storage_offset() + sum((n - 1) * abs(st) for n, st in zip(tensor.shape, tensor.stride()))
+        if not usable or (last + 1) * tensor.element_size() > storage.nbytes():
+            raise _fail(path, "a tensor of the network is larger than its stored bytes (truncated archive)")
+
+
+def _check_graph(module, meta: dict, path: str, device) -> None:
+    """Run the graph on two rows: it must take n_features columns and give one finite score per row.
+
+    An archive whose metadata disagrees with its graph (another width, another head) fails here,
+    at load, instead of at the first scoring call or with silently different scores.
+    """
+    torch = require_torch()
+    probe = torch.zeros(2, int(meta["n_features"]), dtype=torch.float32, device=device)
+    try:
+        with torch.inference_mode():
+            out = module(probe)
+        scores = out.detach().to("cpu").numpy() if isinstance(out, torch.Tensor) else None
+    except Exception as exc:  # noqa: BLE001 - the graph is untrusted: any failure means a bad file
+        raise _fail(path, f"its graph does not take {meta['n_features']} features ({type(exc).__name__})") from None
+    if scores is None or scores.shape != (2,) or not np.isfinite(scores).all():
+        raise _fail(path, "its graph does not return one finite score per row")
+    upper = (meta["num_bins"] - 1) if meta["kind"] == "categorical" else np.inf
+    if not ((scores >= -1e-5) & (scores <= upper + 1e-4)).all():
+        raise _fail(path, f"its graph's scores are outside the range of a {meta['kind']} head")
 
 
 def load_exported(path, device: str = "auto") -> ExportedScorer:
@@ -206,32 +396,43 @@ def load_exported(path, device: str = "auto") -> ExportedScorer:
     Returns
     -------
     ExportedScorer
+        Picklable: it pickles as the file's bytes and is loaded again (same checks) when unpickled.
 
     Notes
     -----
-    The file is validated (zip signature, CRCs, PyTorch layout, dtpm_fast metadata) before
-    ``torch.jit.load`` / ``torch.export.load`` reads it. No Python pickle is loaded by dtpm_fast.
+    The file is read once and validated (zip signature, CRCs, PyTorch layout, dtpm_fast
+    metadata) before ``torch.jit.load`` / ``torch.export.load`` reads the same bytes; the
+    loaded graph is then run on two rows to check it against the metadata. No Python pickle
+    is loaded by dtpm_fast.
     """
-    torch = require_torch()
-    fmt, meta, train_scores = inspect_export(path)
-    dev = resolve_torch_device(device)
     path = os.fspath(path)
+    return _load_bytes(_read_file(path), path, device)
+
+
+def _load_bytes(data: bytes, path: str, device) -> ExportedScorer:
+    torch = require_torch()
+    fmt, meta, train_scores = _inspect(data, path)
+    dev = resolve_torch_device(device)
     try:
         if fmt == "torchscript":
             with _accept_torchscript_deprecation():
-                module = torch.jit.load(path, map_location=dev)
+                module = torch.jit.load(io.BytesIO(data), map_location=dev)
         else:
-            program = torch.export.load(path)
+            program = torch.export.load(io.BytesIO(data))
             if dev.type != "cpu":
                 # Exported on the CPU; the pass rewrites device constants in the graph as well.
                 from torch.export.passes import move_to_device_pass
 
                 program = move_to_device_pass(program, dev)
             module = program.module()
-    except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - PyTorch's loaders on an untrusted file: any failure is a bad file
         raise _fail(path, f"PyTorch could not load the {fmt} program ({type(exc).__name__}: {exc})") from None
+    _check_tensor_storage(module, path)
+    _check_graph(module, meta, path, dev)
     scorer = ExportedScorer._from_loaded(module, fmt, meta, train_scores, dev)
     scorer._path = path
+    scorer._file_bytes = data
+    scorer._device_spec = device
     return scorer
 
 
@@ -277,8 +478,25 @@ class ExportedScorer(BaseDetector):
     def to_device(self, device: str) -> ExportedScorer:
         """Load the exported program again onto ``device`` ("auto", "cpu", "cuda"); returns self."""
         check_is_fitted(self, "_module")
-        self.__dict__.update(load_exported(self._path, device).__dict__)
+        self.__dict__.update(_load_bytes(self._file_bytes, self._path, device).__dict__)
         return self
+
+    def __getstate__(self) -> dict:
+        """Pickles as the exported file's bytes (a loaded graph cannot be pickled), with its device."""
+        check_is_fitted(self, "_module")
+        device = self._device_spec if isinstance(self._device_spec, str) else str(self._torch_device)
+        return {"pickle_format": 1, "exported": self._file_bytes, "path": self._path, "device": device}
+
+    def __setstate__(self, state: dict) -> None:
+        """Load the bytes again, with every check of :func:`load_exported`."""
+        if not isinstance(state, dict) or state.get("pickle_format") != 1 or "exported" not in state:
+            raise ValueError("cannot unpickle an ExportedScorer: not a pickle of this dtpm_fast version")
+        device = state.get("device", "auto")
+        try:
+            resolve_torch_device(device)
+        except ValueError:
+            device = "auto"  # pickled on a GPU machine, unpickled where that device is missing
+        self.__dict__.update(_load_bytes(state["exported"], state.get("path", "<pickled>"), device).__dict__)
 
     def fit(self, X, y=None):
         raise TypeError(
