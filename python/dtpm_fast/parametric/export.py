@@ -370,8 +370,8 @@ def _check_graph(module, meta: dict, path: str, device) -> None:
     at load, instead of at the first scoring call or with silently different scores.
     """
     torch = require_torch()
-    probe = torch.zeros(2, int(meta["n_features"]), dtype=torch.float32, device=device)
     try:
+        probe = torch.zeros(2, int(meta["n_features"]), dtype=torch.float32, device=device)
         with torch.inference_mode():
             out = module(probe)
         scores = out.detach().to("cpu").numpy() if isinstance(out, torch.Tensor) else None
