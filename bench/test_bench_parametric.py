@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma
 from dtpm_fast.parametric.export import load_exported
 from dtpm_fast.parametric.network import build_scorer
-from dtpm_fast.parametric.training import train_network
+from dtpm_fast.parametric.training import RECIPES, train_network
 
 D = 21
 #: Rows scored per benchmark call (the detector chunks them in 65,536-row batches).
@@ -77,12 +77,31 @@ def test_inference_authors_batch_of_100(benchmark, detector, rows):
     _run(benchmark, score_in_batches_of_100, rows[:32_768])
 
 
+@pytest.mark.benchmark(group="parametric-inference")
+def test_gemm_rate_of_the_network(benchmark, detector, rows):
+    """The network's own matrix products alone (addmm per Linear layer, same shapes): the ceiling
+    that the inference tests above are compared with (studies/parametric_fast_recipe/)."""
+    layers = [m for m in detector._module.net if isinstance(m, torch.nn.Linear)]
+    chunk = min(len(rows), 65_536)
+    inputs = [torch.randn(chunk, layer.in_features) for layer in layers]
+
+    def gemms(X):
+        with torch.inference_mode():
+            for _ in range(len(X) // chunk):
+                for a, layer in zip(inputs, layers):
+                    torch.addmm(layer.bias, a, layer.weight.t())
+
+    _run(benchmark, gemms, rows)
+
+
 @pytest.mark.benchmark(group="parametric-training")
+@pytest.mark.parametrize("recipe", ["paper", "fast"])
 @pytest.mark.parametrize("kind", ["categorical", "inverse_gamma"])
-def test_training_epoch_time(benchmark, kind):
-    """One epoch of the default recipe (batch 64) on a 6_cardio-sized training set."""
+def test_training_epoch_time(benchmark, kind, recipe):
+    """One epoch of a recipe on a 6_cardio-sized training set; extra_info has the projected fit time."""
     X = torch.from_numpy(np.random.default_rng(2).standard_normal((CARDIO_TRAIN_ROWS, D), dtype=np.float32))
     module = build_scorer(kind, D, (256, 512, 256), 0.5, np.zeros(D), np.ones(D), num_bins=7)
+    r = RECIPES[recipe]
 
     def one_epoch():
         with warnings.catch_warnings():
@@ -93,12 +112,15 @@ def test_training_epoch_time(benchmark, kind):
                 T=400,
                 num_bins=7,
                 epochs=1,
-                batch_size=64,
-                lr=1e-4,
+                batch_size=r["batch_size"],
+                lr=r["lr"],
                 weight_decay=5e-4,
+                schedule=r["schedule"],
+                precision=r["precision"],
+                pipeline=r["pipeline"],
                 progress=False,
             )
 
-    benchmark.extra_info.update(rows=CARDIO_TRAIN_ROWS, d=D, threads=torch.get_num_threads())
+    benchmark.extra_info.update(rows=CARDIO_TRAIN_ROWS, d=D, threads=torch.get_num_threads(), recipe=recipe)
     benchmark.pedantic(one_epoch, rounds=5, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["projected_400_epochs_s"] = 400 * benchmark.stats.stats.mean
+    benchmark.extra_info["projected_fit_s"] = r["epochs"] * benchmark.stats.stats.mean
