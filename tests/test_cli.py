@@ -120,6 +120,19 @@ def test_fit_passes_the_categorical_loss_and_rejects_it_for_other_models(files, 
     assert exit_info.value.code == 2
 
 
+def test_fit_passes_the_recipe_and_explicit_epochs_override_it(files, tmp_path):
+    pytest.importorskip("torch")
+    train = str(files["root"] / "train.parquet")
+    out = tmp_path / "r.dtpm"
+    options = ["--model", "inverse-gamma", "--recipe", "fast", "--epochs", "1", "--quiet"]
+    assert main(["fit", train, *options, "-o", str(out)]) == 0
+    settings = dtpm_fast.load(out).training_settings()
+    assert settings["recipe"] == "fast" and settings["epochs"] == 1 and settings["batch_size"] == 512
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", train, "--model", "np", "--recipe", "fast", "-o", str(tmp_path / "n.dtpm")])
+    assert exit_info.value.code == 2
+
+
 # ---- score: formats and columns -------------------------------------------------------------------
 
 

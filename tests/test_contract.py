@@ -185,3 +185,36 @@ def test_dataframe_columns_are_checked_against_the_fitted_order(make_detector, b
         detector.decision_function(test.rename(columns={"f0": "g0"}))
     np.testing.assert_array_equal(detector.decision_function(test[names[::-1]][detector.feature_names_in_]), expected)
     assert not hasattr(make_detector().fit(X_train), "feature_names_in_")  # plain arrays have no names
+
+
+# ---- finite but extreme values: finite scores or a ValueError that says so, never NaN ------------
+def test_extreme_finite_rows_score_finite_or_are_refused(make_detector, blobs):
+    X_train, X_test, _ = blobs
+    detector = make_detector().fit(X_train)
+    rows = X_test[:4].copy()
+    rows[1, 2] = 3.0e38
+    try:
+        scores = detector.decision_function(rows)
+    except ValueError as exc:
+        assert "finite but" in str(exc) and "row 1" in str(exc)
+    else:
+        assert np.isfinite(scores).all()
+
+
+def test_extreme_finite_training_values_fit_or_are_refused(make_detector, blobs):
+    X = blobs[0].copy()
+    X[: len(X) // 2, 0], X[len(X) // 2 :, 0] = 3.4e38, -3.4e38
+    try:
+        detector = make_detector().fit(X)
+    except ValueError as exc:
+        assert "finite but" in str(exc) or "too large" in str(exc)
+    else:
+        assert np.isfinite(detector.decision_scores_).all()
+
+
+def test_training_that_diverges_raises(make_detector, blobs):
+    detector = make_detector()
+    if "lr" not in detector.get_params():
+        pytest.skip("no training")
+    with pytest.raises(ValueError, match="training diverged: the mean loss of epoch 1 is nan"):
+        detector.set_params(lr=1e12).fit(blobs[0])

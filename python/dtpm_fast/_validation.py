@@ -152,3 +152,26 @@ def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
     return value
+
+
+def check_finite_scores(scores: np.ndarray, owner: str) -> np.ndarray:
+    """``scores`` if all finite; else ValueError naming the rows (finite input the model cannot score)."""
+    finite = np.isfinite(scores)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"{owner} cannot score {bad.size} row(s) (first: row {bad[0]}, counting from 0): they are "
+            "finite but so far out that its network's output overflows; rescale or clip those features."
+        )
+    return scores
+
+
+def check_finite_loss(loss: float, epoch: int, owner: str) -> float:
+    """``loss`` if finite; else ValueError: training diverged (raised, never a NaN model)."""
+    if not np.isfinite(loss):
+        raise ValueError(
+            f"{owner} training diverged: the mean loss of epoch {epoch} is {loss}. The training rows "
+            "are finite but too large or too spread for the network; rescale or clip extreme "
+            "features (standardize=True scales each feature), or lower lr."
+        )
+    return loss

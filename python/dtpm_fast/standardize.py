@@ -28,6 +28,15 @@ class Standardizer:
         return cls(np.zeros(n_features), np.ones(n_features))
 
     def transform(self, X: np.ndarray, dtype=np.float32) -> np.ndarray:
-        """Return (X - mean) / scale as a new C-contiguous array of ``dtype``."""
-        out = (X - self.mean.astype(X.dtype, copy=False)) / self.scale.astype(X.dtype, copy=False)
+        """Return (X - mean) / scale as a new C-contiguous array of ``dtype``.
+
+        Computed in X's dtype. A finite value far out (|x| near float32's 3.4e38 with a scale
+        below 1) would overflow there to +-inf: such batches are computed again in float64 and
+        clipped to +-``dtype``'s largest value, still farther out than any distance can tell.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (X - self.mean.astype(X.dtype, copy=False)) / self.scale.astype(X.dtype, copy=False)
+        if not np.isfinite(out).all():
+            limit = np.finfo(dtype).max
+            out = np.clip((np.asarray(X, dtype=np.float64) - self.mean) / self.scale, -limit, limit)
         return np.ascontiguousarray(out, dtype=dtype)

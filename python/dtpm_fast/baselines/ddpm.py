@@ -27,7 +27,7 @@ from dtpm_fast._torch_utils import (
     resolve_seed,
     seeded_torch,
 )
-from dtpm_fast._validation import check_int, check_is_fitted
+from dtpm_fast._validation import check_finite_loss, check_finite_scores, check_int, check_is_fitted
 from dtpm_fast.base import BaseDetector
 from dtpm_fast.standardize import Standardizer
 
@@ -517,7 +517,7 @@ class DDPMReconstruction(BaseDetector):
                     loss.backward()
                     optimizer.step()
                     total += loss.detach()
-                losses.append(float(total) / n_batches)
+                losses.append(check_finite_loss(float(total) / n_batches, epoch, "DDPMReconstruction"))
                 progress.update(epoch, losses[-1], n_batches * batch)
                 if self.early_stopping and should_stop_early(losses):
                     break
@@ -563,7 +563,7 @@ class DDPMReconstruction(BaseDetector):
         _seed_from(self.random_state)  # validates it
         X = self._validate_rows(X, fitting=False, dtype=np.float64)
         x = torch.as_tensor(self.standardizer_.transform(X, np.float32), device=self.device_)
-        return self._score_standardized(x)
+        return check_finite_scores(self._score_standardized(x), "DDPMReconstruction")
 
     def to_device(self, device: str) -> DDPMReconstruction:
         """Move the fitted network to ``device`` ("auto", "cpu", "cuda", "cuda:N"); returns self."""

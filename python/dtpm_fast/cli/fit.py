@@ -27,6 +27,7 @@ MODEL_OPTIONS = (
     "score",
     "T",
     "batch_size",
+    "recipe",
     "epochs",
     "lr",
     "loss",
@@ -78,6 +79,12 @@ def register(subparsers) -> None:
         type=_args.positive_int,
         metavar="N",
         help="rows per internal batch (np: search; parametric: training minibatch)",
+    )
+    fit.add_argument(
+        "--recipe",
+        choices=("paper", "fast"),
+        help="parametric: training recipe, the authors' (paper, default) or the faster one (fast); "
+        "--epochs, --batch-size and --lr override its values",
     )
     fit.add_argument("--epochs", type=_args.positive_int, help="parametric: training epochs")
     fit.add_argument("--lr", type=_args.positive_float, help="parametric: learning rate")

@@ -143,7 +143,7 @@ class HostBackend:
         scaler = self._state.scaler
         for start in range(0, X.shape[0], self.batch_size):
             stop = min(start + self.batch_size, X.shape[0])
-            Q = X[start:stop] if standardized else standardize_rows(scaler, X[start:stop])
+            Q = X[start:stop] if standardized else scaler.transform(X[start:stop])
             ids = self.index().search(Q, k_search)
             if (ids < 0).any():  # an index came back short: search those rows exactly
                 ids = self._fill_missing(Q, ids, k_search)
@@ -170,21 +170,6 @@ class HostBackend:
         """The n_neighbors smallest exact distances among the candidates, and their ids."""
         order = np.argsort(sq, axis=1, kind="stable")[:, : self._n_neighbors]
         return np.take_along_axis(sq, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-
-def standardize_rows(scaler, X: np.ndarray) -> np.ndarray:
-    """Standardised float32 rows (as the training rows were); beyond float32, +-float32 max.
-
-    A finite row far out (|x| near 3.4e38 with a feature scale below 1) overflows to +-inf in
-    float32 (with a warning). Clipped, it is still farther than any float32 distance can tell:
-    its distances overflow to +inf and it scores T-1, as the unclipped row would.
-    """
-    with np.errstate(over="ignore"):
-        out = scaler.transform(X)
-    if not np.isfinite(out).all():
-        limit = np.finfo(np.float32).max
-        np.clip(out, -limit, limit, out=out)
-    return out
 
 
 def _drop_self(ids: np.ndarray, row_ids: np.ndarray) -> np.ndarray:

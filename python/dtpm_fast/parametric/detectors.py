@@ -19,8 +19,9 @@ from dtpm_fast._torch_utils import (
     resolve_torch_device,
     seeded_torch,
 )
-from dtpm_fast._validation import check_int, check_is_fitted
+from dtpm_fast._validation import check_finite_scores, check_int, check_is_fitted
 from dtpm_fast.base import BaseDetector
+from dtpm_fast.schedule import MAX_STEPS
 from dtpm_fast.standardize import Standardizer
 
 #: Prefix of the network tensors in the arrays returned by ``_get_state``.
@@ -47,7 +48,7 @@ class _ParametricDTPM(BaseDetector):
 
     # ---- parameters -------------------------------------------------------------------------
     def _check_params(self) -> None:
-        check_int(self.T, "T", 2)
+        check_int(self.T, "T", 2, MAX_STEPS)
         if self.recipe not in _RECIPE_NAMES:
             raise ValueError(f"recipe must be one of {_RECIPE_NAMES}, got {self.recipe!r}.")
         if self.epochs is not None:
@@ -175,7 +176,7 @@ class _ParametricDTPM(BaseDetector):
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         scores = batched_inference(self._module, X, device=self._torch_device)
-        return scores.astype(np.float64)
+        return check_finite_scores(scores.astype(np.float64), type(self).__name__)
 
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores of raw rows, shape (n_samples,), float64; higher = more anomalous.

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dtpm_fast._torch_utils import batched_inference, require_torch, resolve_torch_device
-from dtpm_fast._validation import check_is_fitted
+from dtpm_fast._validation import check_finite_scores, check_is_fitted
 from dtpm_fast.base import BaseDetector
 
 FORMATS = ("pt2", "torchscript")
@@ -507,4 +507,5 @@ class ExportedScorer(BaseDetector):
         """Anomaly scores, shape (n_samples,), float64 (computed in float32); higher = more anomalous."""
         check_is_fitted(self, "_module")
         X = self._validate_rows(X, fitting=False)
-        return batched_inference(self._module, X, device=self._torch_device).astype(np.float64)
+        scores = batched_inference(self._module, X, device=self._torch_device).astype(np.float64)
+        return check_finite_scores(scores, f"the exported {self.kind_} network")

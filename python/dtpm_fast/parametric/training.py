@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dtpm_fast._torch_utils import ProgressReporter, iter_minibatches
+from dtpm_fast._validation import check_finite_loss
 from dtpm_fast.parametric.network import inverse_gamma_shape
 from dtpm_fast.schedule import ve_sigma2
 
@@ -107,6 +108,10 @@ def learning_rates(schedule: str, peak_lr: float, total_steps: int) -> np.ndarra
     progress = (step - warmup + 1) / max(1, total_steps - warmup)
     falling = peak_lr * 0.5 * (1.0 + np.cos(np.pi * np.clip(progress, 0.0, 1.0)))
     return np.where(step < warmup, rising, falling)
+
+
+# The class a kind of network belongs to, for messages.
+_OWNER = {"categorical": "DTPMCategorical", "inverse_gamma": "DTPMInverseGamma"}
 
 
 def train_network(
@@ -218,7 +223,7 @@ def train_network(
                     total += step(x_all[start:stop], t_all[start:stop], number) * (stop - start)
                     number += 1
             # One host sync per epoch, not per step.
-            history[epoch] = float(total) / n
+            history[epoch] = check_finite_loss(float(total) / n, epoch + 1, _OWNER[kind])
             reporter.update(epoch + 1, history[epoch], n)
     finally:
         reporter.close()
