@@ -88,7 +88,7 @@ def test_gemm_rate_of_the_network(benchmark, detector, rows):
     def gemms(X):
         with torch.inference_mode():
             for _ in range(len(X) // chunk):
-                for a, layer in zip(inputs, layers):
+                for a, layer in zip(inputs, layers, strict=False):
                     torch.addmm(layer.bias, a, layer.weight.t())
 
     _run(benchmark, gemms, rows)

@@ -156,7 +156,10 @@ def test_dataframe_missing_values_are_reported_as_missing(make_detector, blobs):
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame(blobs[0].astype(np.float64), columns=[f"f{i}" for i in range(6)]).astype("Float64")
     frame.iloc[7, 2] = pd.NA
-    with pytest.raises(ValueError, match=r"NaN or infinity \(or a missing value\) in 1 row\(s\) \(first: row 7, counting from 0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"NaN or infinity \(or a missing value\) in 1 row\(s\) \(first: row 7, counting from 0\)",
+    ):
         make_detector().fit(frame)
 
 
@@ -183,7 +186,9 @@ def test_dataframe_columns_are_checked_against_the_fitted_order(make_detector, b
         detector.decision_function(test[names[::-1]])
     with pytest.raises(ValueError, match="other columns"):
         detector.decision_function(test.rename(columns={"f0": "g0"}))
-    np.testing.assert_array_equal(detector.decision_function(test[names[::-1]][detector.feature_names_in_]), expected)
+    np.testing.assert_array_equal(
+        detector.decision_function(test[names[::-1]][detector.feature_names_in_]), expected
+    )
     assert not hasattr(make_detector().fit(X_train), "feature_names_in_")  # plain arrays have no names
 
 

@@ -139,5 +139,5 @@ def test_concurrent_threads_match_sequential(models, index, data):
     sequential = [model.decision_function(chunk) for chunk in chunks]
     with ThreadPoolExecutor(max_workers=4) as pool:
         concurrent = list(pool.map(model.decision_function, chunks))
-    for expected, got in zip(sequential, concurrent):
+    for expected, got in zip(sequential, concurrent, strict=False):
         np.testing.assert_array_equal(got, expected)

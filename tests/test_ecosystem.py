@@ -8,11 +8,11 @@ import pytest
 import dtpm_fast
 
 sklearn = pytest.importorskip("sklearn")
-from sklearn.base import clone  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_validate  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 
 @pytest.fixture
@@ -57,12 +57,20 @@ def test_tuning_n_neighbors_by_auc_roc_on_held_back_labelled_rows(labelled):
     ).fit(X, y)
     assert search.best_params_["n_neighbors"] in (1, 5, 20)
     by_hand = {
-        k: roc_auc_score(y[validation], dtpm_fast.DTPMNonParametric(n_neighbors=k).fit(X[train]).decision_function(X[validation]))
+        k: roc_auc_score(
+            y[validation],
+            dtpm_fast.DTPMNonParametric(n_neighbors=k).fit(X[train]).decision_function(X[validation]),
+        )
         for k in (1, 5, 20)
     }
     np.testing.assert_allclose(search.cv_results_["mean_test_score"], [by_hand[k] for k in (1, 5, 20)])
-    result = cross_validate(make_pipeline(StandardScaler(), dtpm_fast.DTPMNonParametric()), X, y,
-                            scoring="roc_auc", cv=[(train, validation)])
+    result = cross_validate(
+        make_pipeline(StandardScaler(), dtpm_fast.DTPMNonParametric()),
+        X,
+        y,
+        scoring="roc_auc",
+        cv=[(train, validation)],
+    )
     assert result["test_score"][0] > 0.95
 
 

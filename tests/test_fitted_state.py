@@ -12,8 +12,17 @@ import pytest
 import dtpm_fast
 
 TINY_NET = {"hidden_sizes": (8, 8, 8), "epochs": 1, "random_state": 0, "device": "cpu"}
-TINY_DDPM = {"epochs": 1, "width": 8, "block_hidden": 8, "time_width": 8, "n_blocks": 1,
-             "reconstruction_steps": 3, "T": 20, "random_state": 0, "device": "cpu"}
+TINY_DDPM = {
+    "epochs": 1,
+    "width": 8,
+    "block_hidden": 8,
+    "time_width": 8,
+    "n_blocks": 1,
+    "reconstruction_steps": 3,
+    "T": 20,
+    "random_state": 0,
+    "device": "cpu",
+}
 KINDS = {
     "np": lambda: dtpm_fast.DTPMNonParametric(),
     "plus": lambda: dtpm_fast.DTPMMultiScale(n_neighbors=(1, 3)),
@@ -34,7 +43,9 @@ def _other_value(value):
     if isinstance(value, tuple):
         return (*value, value[-1] + 1)
     if isinstance(value, str):
-        return {"auto": "cpu", "cpu": "auto", "mean": "mode", "cross_entropy": "double_softmax"}.get(value, "brute")
+        return {"auto": "cpu", "cpu": "auto", "mean": "mode", "cross_entropy": "double_softmax"}.get(
+            value, "brute"
+        )
     if value is None:
         return 3
     if isinstance(value, dict):

@@ -763,7 +763,9 @@ def test_detector_reads_cupy_input_on_the_callers_stream(blobs, monkeypatch):
     stream = cupy.cuda.Stream(non_blocking=True)  # no implicit ordering with the legacy default stream
     handles = []
     launch_stream = gpu_kernels.stream_handle
-    monkeypatch.setattr(gpu_kernels, "stream_handle", lambda t: handles.append(launch_stream(t)) or handles[-1])
+    monkeypatch.setattr(
+        gpu_kernels, "stream_handle", lambda t: handles.append(launch_stream(t)) or handles[-1]
+    )
     with stream:
         spin((1,), (1,), (np.int64(200_000_000),))  # ~0.1 s at 2 GHz
         x[...] = data

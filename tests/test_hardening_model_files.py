@@ -38,7 +38,14 @@ def _fit(kind, X):
     if kind == "inverse_gamma":
         return dtpm_fast.DTPMInverseGamma(**SMALL_NET).fit(X)
     return dtpm_fast.DDPMReconstruction(
-        epochs=2, width=8, block_hidden=8, n_blocks=1, T=20, reconstruction_steps=5, random_state=0, device="cpu"
+        epochs=2,
+        width=8,
+        block_hidden=8,
+        n_blocks=1,
+        T=20,
+        reconstruction_steps=5,
+        random_state=0,
+        device="cpu",
     ).fit(X)
 
 
@@ -122,14 +129,35 @@ def _set_param(name, value):
 
 
 NP_EDITS = {
-    "scaler of the wrong length": (lambda s: _set("arrays", "scaler_mean", s["arrays"]["scaler_mean"][:-1])(s), "scaler_mean"),
-    "scale not positive": (lambda s: _set("arrays", "scaler_scale", -s["arrays"]["scaler_scale"])(s), "scaler_scale"),
-    "fewer training rows than n_neighbors": (lambda s: _set("arrays", "train", s["arrays"]["train"][:5])(s), "n_neighbors"),
-    "2-D training scores": (lambda s: _set("arrays", "decision_scores", s["arrays"]["decision_scores"][:, None])(s), "decision_scores"),
-    "scores of another length": (lambda s: _set("arrays", "decision_scores", s["arrays"]["decision_scores"][1:])(s), "decision_scores"),
+    "scaler of the wrong length": (
+        lambda s: _set("arrays", "scaler_mean", s["arrays"]["scaler_mean"][:-1])(s),
+        "scaler_mean",
+    ),
+    "scale not positive": (
+        lambda s: _set("arrays", "scaler_scale", -s["arrays"]["scaler_scale"])(s),
+        "scaler_scale",
+    ),
+    "fewer training rows than n_neighbors": (
+        lambda s: _set("arrays", "train", s["arrays"]["train"][:5])(s),
+        "n_neighbors",
+    ),
+    "2-D training scores": (
+        lambda s: _set("arrays", "decision_scores", s["arrays"]["decision_scores"][:, None])(s),
+        "decision_scores",
+    ),
+    "scores of another length": (
+        lambda s: _set("arrays", "decision_scores", s["arrays"]["decision_scores"][1:])(s),
+        "decision_scores",
+    ),
     "non-finite training row": (lambda s: s["arrays"]["train"].__setitem__((3, 1), np.nan), "train"),
-    "training rows of the wrong width": (lambda s: _set("arrays", "train", s["arrays"]["train"][:, :4])(s), "train"),
-    "integer training rows": (lambda s: _set("arrays", "train", s["arrays"]["train"].astype(np.int32))(s), "train"),
+    "training rows of the wrong width": (
+        lambda s: _set("arrays", "train", s["arrays"]["train"][:, :4])(s),
+        "train",
+    ),
+    "integer training rows": (
+        lambda s: _set("arrays", "train", s["arrays"]["train"].astype(np.int32))(s),
+        "train",
+    ),
     "params failing _check_params": (_set_param("n_neighbors", 0), "n_neighbors"),
     "unknown parameter": (_set_param("neighbours", 3), "neighbours"),
     "T too large to tabulate": (_set_param("T", 10**9), "T must be an integer in"),
@@ -137,7 +165,10 @@ NP_EDITS = {
     "an extra array": (_set("arrays", "other", np.zeros(3)), "unexpected"),
     "a blob for an index without one": (_set("blobs", "index", b"IHNf"), "blob"),
     "non-finite threshold": (lambda s: s["meta"].__setitem__("threshold", float("nan")), "threshold"),
-    "feature names of the wrong count": (lambda s: s["extras"].__setitem__("feature_names", ["a", "b"]), "feature names"),
+    "feature names of the wrong count": (
+        lambda s: s["extras"].__setitem__("feature_names", ["a", "b"]),
+        "feature names",
+    ),
 }
 
 
@@ -153,9 +184,11 @@ def _other_index_blob(files, **change):
     rows, cols = change.get("rows", X.shape[0]), change.get("cols", X.shape[1])
     other = np.random.default_rng(5).normal(size=(rows, cols)).astype(np.float32)
     params = {"np_hnsw": {"M": 8}, "np_ivf": {"nlist": 3}}
-    return lambda kind: dtpm_fast.DTPMNonParametric(index=kind[3:], index_params=params[kind], device="cpu").fit(
-        other
-    )._backend.index_bytes()
+    return lambda kind: (
+        dtpm_fast.DTPMNonParametric(index=kind[3:], index_params=params[kind], device="cpu")
+        .fit(other)
+        ._backend.index_bytes()
+    )
 
 
 @pytest.mark.parametrize("kind", ["np_hnsw", "np_ivf"])
@@ -170,7 +203,9 @@ def _other_index_blob(files, **change):
 )
 def test_damaged_faiss_blob_is_a_value_error(files, tmp_path, kind, what, make):
     path = _rewrite_state(
-        files["paths"][kind], tmp_path / "bad.dtpm", lambda s: _set("blobs", "index", make(s["blobs"]["index"]))(s)
+        files["paths"][kind],
+        tmp_path / "bad.dtpm",
+        lambda s: _set("blobs", "index", make(s["blobs"]["index"]))(s),
     )
     _load_fails(path)
 
@@ -197,9 +232,15 @@ NET_EDITS = {
     "scaler of the wrong length": lambda s, p, m, sc: _set("arrays", m, s["arrays"][m][:-1])(s),
     "scale not positive": lambda s, p, m, sc: _set("arrays", sc, np.zeros_like(s["arrays"][sc]))(s),
     "NaN weight": lambda s, p, m, sc: s["arrays"][_weight_key(s, p)].__setitem__((0, 0), np.nan),
-    "float64 weight": lambda s, p, m, sc: _set("arrays", _weight_key(s, p), s["arrays"][_weight_key(s, p)].astype(np.float64))(s),
-    "weight of another shape": lambda s, p, m, sc: _set("arrays", _weight_key(s, p), s["arrays"][_weight_key(s, p)][:, :-1])(s),
-    "2-D training scores": lambda s, p, m, sc: _set("arrays", "decision_scores", s["arrays"]["decision_scores"][:, None])(s),
+    "float64 weight": lambda s, p, m, sc: _set(
+        "arrays", _weight_key(s, p), s["arrays"][_weight_key(s, p)].astype(np.float64)
+    )(s),
+    "weight of another shape": lambda s, p, m, sc: _set(
+        "arrays", _weight_key(s, p), s["arrays"][_weight_key(s, p)][:, :-1]
+    )(s),
+    "2-D training scores": lambda s, p, m, sc: _set(
+        "arrays", "decision_scores", s["arrays"]["decision_scores"][:, None]
+    )(s),
     "empty training scores": lambda s, p, m, sc: _set("arrays", "decision_scores", np.zeros(0))(s),
     "params failing _check_params": lambda s, p, m, sc: s["meta"]["params"].__setitem__("T", 1),
     "n_features_in a string": lambda s, p, m, sc: s["meta"].__setitem__("n_features_in", "5"),
@@ -213,7 +254,11 @@ NET_EDITS = {
 @pytest.mark.parametrize("case", sorted(NET_EDITS))
 @pytest.mark.parametrize("kind", ["categorical", "inverse_gamma", "ddpm"])
 def test_inconsistent_network_file_fails_at_load(files, tmp_path, kind, case):
-    names = ("network.", "standardizer_mean", "standardizer_scale") if kind == "ddpm" else ("module.", "module.mean", "module.scale")
+    names = (
+        ("network.", "standardizer_mean", "standardizer_scale")
+        if kind == "ddpm"
+        else ("module.", "module.mean", "module.scale")
+    )
     path = _rewrite_state(files["paths"][kind], tmp_path / "bad.dtpm", lambda s: NET_EDITS[case](s, *names))
     _load_fails(path)
 
@@ -234,7 +279,12 @@ def _edit_export_meta(src, dst, edit, member="extra/dtpm_meta.json"):
     ("case", "edit"),
     [
         ("n_features of another graph", lambda m: m.__setitem__("n_features", m["n_features"] + 2)),
-        ("kind of another head", lambda m: m.__setitem__("kind", "categorical" if m["kind"] == "inverse_gamma" else "inverse_gamma")),
+        (
+            "kind of another head",
+            lambda m: m.__setitem__(
+                "kind", "categorical" if m["kind"] == "inverse_gamma" else "inverse_gamma"
+            ),
+        ),
         ("num_bins below the head's range", lambda m: m.__setitem__("num_bins", 2)),
         ("T not an int", lambda m: m.__setitem__("T", "400")),
         ("contamination out of range", lambda m: m.__setitem__("contamination", 0.9)),
@@ -242,7 +292,9 @@ def _edit_export_meta(src, dst, edit, member="extra/dtpm_meta.json"):
     ],
 )
 def test_exported_metadata_disagreeing_with_graph_fails_at_load(files, tmp_path, kind, case, edit):
-    meta = json.loads(dict((n.rsplit("/", 1)[-1], p) for n, p in _members(files["paths"][kind]))["dtpm_meta.json"])
+    meta = json.loads(
+        dict((n.rsplit("/", 1)[-1], p) for n, p in _members(files["paths"][kind]))["dtpm_meta.json"]
+    )
     if case.startswith("num_bins") and meta["kind"] != "categorical":
         pytest.skip("num_bins is the categorical head's")
     path = _edit_export_meta(files["paths"][kind], tmp_path / "bad.pt", edit)
@@ -330,7 +382,10 @@ def test_deeply_nested_manifest_is_a_value_error(files, tmp_path):
         manifest = dict(members)["manifest.json"].decode()
         nested = "[" * depth + "]" * depth
         manifest = manifest.replace('"meta": {', '"deep": ' + nested + ', "meta": {', 1)
-        path = _zip(tmp_path / f"deep{depth}.dtpm", [(n, manifest.encode() if n == "manifest.json" else p) for n, p in members])
+        path = _zip(
+            tmp_path / f"deep{depth}.dtpm",
+            [(n, manifest.encode() if n == "manifest.json" else p) for n, p in members],
+        )
         _load_fails(path, "manifest")
 
 
@@ -390,11 +445,16 @@ def _check_outcome(files, kind, path):
     np.testing.assert_array_equal(scores, files["scores"][kind])
 
 
-_SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+_SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
 
 
 @_SETTINGS
-@given(kind=st.sampled_from(ALL), edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=6))
+@given(
+    kind=st.sampled_from(ALL),
+    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=6),
+)
 def test_random_byte_edits_give_value_error_or_the_same_scores(files, tmp_path_factory, kind, edits):
     data = bytearray(files["paths"][kind].read_bytes())
     for where, value in edits:
@@ -414,7 +474,12 @@ def test_truncated_files_give_value_error(files, tmp_path_factory, kind, keep):
 
 
 @_SETTINGS
-@given(kind=st.sampled_from(KINDS), donor=st.sampled_from(KINDS), pick=st.floats(0, 1, exclude_max=True), resign=st.booleans())
+@given(
+    kind=st.sampled_from(KINDS),
+    donor=st.sampled_from(KINDS),
+    pick=st.floats(0, 1, exclude_max=True),
+    resign=st.booleans(),
+)
 def test_member_swaps_give_value_error_or_the_same_scores(files, tmp_path_factory, kind, donor, pick, resign):
     members = _members(files["paths"][kind])
     donors = dict(_members(files["paths"][donor]))
@@ -439,7 +504,11 @@ def test_member_swaps_give_value_error_or_the_same_scores(files, tmp_path_factor
 
 
 @_SETTINGS
-@given(kind=st.sampled_from(KINDS), which=st.floats(0, 1, exclude_max=True), method=st.sampled_from([zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]))
+@given(
+    kind=st.sampled_from(KINDS),
+    which=st.floats(0, 1, exclude_max=True),
+    method=st.sampled_from([zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]),
+)
 def test_recompressed_members_load_identically_or_fail(files, tmp_path_factory, kind, which, method):
     members = _members(files["paths"][kind])
     target = members[int(which * len(members))][0]
@@ -465,9 +534,13 @@ def test_every_loaded_kind_scores_the_same_in_spawned_workers(files):
     payloads = {kind: pickle.dumps(model) for kind, model in loaded.items()}
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-        futures = {kind: pool.submit(_score_in_worker, payload, files["Q"]) for kind, payload in payloads.items()}
+        futures = {
+            kind: pool.submit(_score_in_worker, payload, files["Q"]) for kind, payload in payloads.items()
+        }
         for kind, future in futures.items():
-            np.testing.assert_array_equal(future.result(timeout=600), loaded[kind].decision_function(files["Q"]))
+            np.testing.assert_array_equal(
+                future.result(timeout=600), loaded[kind].decision_function(files["Q"])
+            )
 
 
 @pytest.mark.parametrize("kind", EXPORTS)

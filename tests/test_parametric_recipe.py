@@ -61,7 +61,7 @@ def test_fit_uses_the_resolved_epochs(rows):
 @pytest.mark.parametrize("kind", sorted(CLASSES))
 def test_fast_recipe_same_seed_same_model(kind, rows):
     X_train, X_test = rows
-    make = lambda seed: CLASSES[kind](recipe="fast", epochs=4, random_state=seed, **SMALL).fit(X_train)  # noqa: E731
+    make = lambda seed: CLASSES[kind](recipe="fast", epochs=4, random_state=seed, **SMALL).fit(X_train)
     a, b, c = make(3), make(3), make(4)
     np.testing.assert_array_equal(a.loss_history_, b.loss_history_)
     np.testing.assert_array_equal(a.decision_function(X_test), b.decision_function(X_test))
@@ -73,9 +73,9 @@ def test_fast_recipe_learns_to_rank_anomalies_high(kind, rows):
     X_train, X_test = rows
     # 300 rows in one batch of 512 would give one step per epoch: the small-network settings of
     # tests/test_parametric.py, with the fast recipe's schedule, precision and pipeline.
-    model = CLASSES[kind](
-        recipe="fast", epochs=25, batch_size=64, lr=3e-3, random_state=0, **SMALL
-    ).fit(X_train)
+    model = CLASSES[kind](recipe="fast", epochs=25, batch_size=64, lr=3e-3, random_state=0, **SMALL).fit(
+        X_train
+    )
     scores = model.decision_function(X_test)
     assert np.all(np.isfinite(scores))
     assert scores[40:].mean() > np.percentile(scores[:40], 90)

@@ -11,13 +11,22 @@ import warnings
 import pytest
 
 sklearn = pytest.importorskip("sklearn")
-from sklearn.utils.estimator_checks import estimator_checks_generator  # noqa: E402
+from sklearn.utils.estimator_checks import estimator_checks_generator
 
-import dtpm_fast  # noqa: E402
+import dtpm_fast
 
 TINY_NET = {"hidden_sizes": (8, 8, 8), "epochs": 1, "random_state": 0, "device": "cpu"}
-TINY_DDPM = {"epochs": 1, "width": 8, "block_hidden": 8, "time_width": 8, "n_blocks": 1,
-             "reconstruction_steps": 3, "T": 20, "random_state": 0, "device": "cpu"}
+TINY_DDPM = {
+    "epochs": 1,
+    "width": 8,
+    "block_hidden": 8,
+    "time_width": 8,
+    "n_blocks": 1,
+    "reconstruction_steps": 3,
+    "T": 20,
+    "random_state": 0,
+    "device": "cpu",
+}
 
 
 def _detectors():
@@ -124,7 +133,11 @@ def _cases() -> list:
         for case in generated:
             estimator, check = case.values if hasattr(case, "values") else case
             marks = case.marks if hasattr(case, "marks") else ()
-            cases.append(pytest.param(estimator, check, marks=marks, id=f"{type(detector).__name__}-{_check_name(check)}"))
+            cases.append(
+                pytest.param(
+                    estimator, check, marks=marks, id=f"{type(detector).__name__}-{_check_name(check)}"
+                )
+            )
     return cases
 
 

@@ -74,8 +74,14 @@ def test_no_import_cycle_counting_imports_inside_functions():
 
 def test_base_and_model_files_import_nothing_above_them():
     modules = _modules()
-    allowed = {"dtpm_fast._validation", "dtpm_fast._registry", "dtpm_fast.io", "dtpm_fast.io.model_files",
-               "dtpm_fast.io.atomic", "dtpm_fast"}
+    allowed = {
+        "dtpm_fast._validation",
+        "dtpm_fast._registry",
+        "dtpm_fast.io",
+        "dtpm_fast.io.model_files",
+        "dtpm_fast.io.atomic",
+        "dtpm_fast",
+    }
     for name in ("dtpm_fast.base", "dtpm_fast.io.model_files", "dtpm_fast._registry"):
         assert _imports(modules[name], set(modules)) <= allowed, name
 
@@ -112,9 +118,7 @@ def test_public_names_come_from_the_registry():
     assert list(model_choices) == [kind.key for kind in _registry.KINDS]
 
 
-@pytest.mark.parametrize(
-    "name", ["np_hnsw", "np_mode", "categorical", "inverse_gamma", "ddpm"]
-)
+@pytest.mark.parametrize("name", ["np_hnsw", "np_mode", "categorical", "inverse_gamma", "ddpm"])
 def test_model_files_saved_by_version_0_1_0_still_load_and_score_the_same(name):
     if name != "np_hnsw" and name != "np_mode":
         pytest.importorskip("torch")
@@ -129,9 +133,22 @@ def _fit_file(tmp_path, key: str) -> Path:
     model = tmp_path / f"{key}.dtpm"
     extra = ["--epochs", "1"] if _registry.BY_KEY[key].needs_torch else []
     subprocess.run(
-        [sys.executable, "-m", "dtpm_fast", "fit", str(tmp_path / "train.npy"), "--model", key,
-         "-o", str(model), "-q", *extra],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dtpm_fast",
+            "fit",
+            str(tmp_path / "train.npy"),
+            "--model",
+            key,
+            "-o",
+            str(model),
+            "-q",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return model
 

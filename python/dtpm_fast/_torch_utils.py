@@ -99,7 +99,7 @@ def resolve_seed(random_state: Any) -> int:
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
     if isinstance(random_state, (bool, np.bool_)):
-        raise ValueError("random_state must be None, an int or a NumPy random generator, not a bool.")  # noqa: TRY004 - parameters fail with ValueError project-wide
+        raise ValueError("random_state must be None, an int or a NumPy random generator, not a bool.")
     if isinstance(random_state, (int, np.integer)):
         if random_state < 0:
             raise ValueError(f"random_state must be >= 0, got {random_state}.")

@@ -112,7 +112,7 @@ def check_feature_names(names, fitted, name: str = "X") -> None:
     """Raise ValueError if DataFrame column ``names`` differ from the ``fitted`` ones (order counts)."""
     if names is None or fitted is None:
         return
-    if len(names) != len(fitted) or any(a != b for a, b in zip(names, fitted)):
+    if len(names) != len(fitted) or any(a != b for a, b in zip(names, fitted, strict=False)):
         if sorted(map(str, names)) == sorted(map(str, fitted)):
             problem = "the same columns in another order"
         else:

@@ -256,7 +256,9 @@ class BaseDetector:
         """
         kind = type(self).__name__
         if kind not in _registry.BY_CLASS_NAME:
-            raise ValueError(f"cannot save a {kind}: known detector kinds are {sorted(_registry.BY_CLASS_NAME)}")
+            raise ValueError(
+                f"cannot save a {kind}: known detector kinds are {sorted(_registry.BY_CLASS_NAME)}"
+            )
         model_files.write(path, self._model_file_state(), _core.__version__)
 
     def __getstate__(self) -> dict:
@@ -285,7 +287,13 @@ class BaseDetector:
             self.__dict__.update(state["attributes"])
         else:  # "state"; pickles of 0.1.0 hold its parts at the top level
             saved = state.get("state") or {"kind": type(self).__name__, **state}
-            self.__dict__.update(type(self)._from_model_file_state(saved).__dict__)
+            try:
+                restored = type(self)._from_model_file_state(saved)
+            except (KeyError, TypeError, IndexError, AttributeError) as exc:
+                raise ValueError(
+                    f"cannot unpickle a {type(self).__name__}: its state is incomplete or inconsistent ({exc!r})"
+                ) from None
+            self.__dict__.update(restored.__dict__)
 
 
 def _snapshot(params: dict) -> dict:

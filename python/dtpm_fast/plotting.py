@@ -47,7 +47,7 @@ def _check_ax(ax):
 
     if not isinstance(ax, Axes):
         # ValueError, as for every bad argument in dtpm_fast
-        raise ValueError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")  # noqa: TRY004
+        raise ValueError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     return ax
 
 
@@ -92,7 +92,7 @@ def _feature_names(feature_names, detector, d: int) -> list[str]:
             [str(n) for n in names] if names is not None and len(names) == d else [f"x{j}" for j in range(d)]
         )
     if isinstance(feature_names, str):
-        raise ValueError("feature_names must be a sequence of names, one per feature, not a string")  # noqa: TRY004
+        raise ValueError("feature_names must be a sequence of names, one per feature, not a string")
     names = [str(n) for n in feature_names]
     if len(names) != d:
         raise ValueError(f"feature_names has {len(names)} names but the rows have {d} features")
@@ -163,7 +163,7 @@ def plot_posterior(
     t = np.arange(steps)
     T = getattr(detector, "T", None)
     sigma = None
-    if T == steps:  # the non-parametric grid: one point per diffusion step of the schedule
+    if steps == T:  # the non-parametric grid: one point per diffusion step of the schedule
         from dtpm_fast.schedule import ve_sigma2
 
         sigma = np.sqrt(ve_sigma2(steps))
@@ -247,7 +247,7 @@ def plot_explanation(detector, x, *, feature_names=None, max_features: int = 12,
         bars[-1].set_color("0.6")
     ax.set_yticks(position, labels)
     ax.invert_yaxis()  # largest at the top
-    for bar, value in zip(bars, values):
+    for bar, value in zip(bars, values, strict=False):
         share = 100.0 * value / d2 if d2 > 0 else 0.0
         ax.annotate(
             f"{share:.0f}%",
@@ -367,7 +367,7 @@ def plot_overview(
     else:
         picks = [int(np.argmin(scores)), _median_row(scores, np.ones(scores.size, bool)), top]
         what = ["lowest score", "median score", "highest score"]
-    row_names = [f"row {r}: {w}" for r, w in zip(picks, what)]
+    row_names = [f"row {r}: {w}" for r, w in zip(picks, what, strict=False)]
     explained = picks[1] if y is not None and what[1] == "median anomaly" else top
 
     fig = Figure(figsize=(13, 8.5), layout="constrained")

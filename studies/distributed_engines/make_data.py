@@ -17,6 +17,8 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+import dtpm_fast
 from common import (
     COLUMNS,
     DATA_ROOT,
@@ -28,8 +30,6 @@ from common import (
     environment,
     write_result,
 )
-
-import dtpm_fast
 
 
 def make_rows(rng: np.random.Generator, n: int, anomaly_rate: float) -> np.ndarray:

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import pyarrow.parquet as pq
-from common import COLUMNS, MODEL_PATH, REFERENCE_PATH, ROWS_DIR, TreeMemorySampler, environment, write_result
 
 import dtpm_fast
+from common import COLUMNS, MODEL_PATH, REFERENCE_PATH, ROWS_DIR, TreeMemorySampler, environment, write_result
 from dtpm_fast import _core
 
 

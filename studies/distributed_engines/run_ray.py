@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pyarrow.dataset as pds
+
 from common import (
     COLUMNS,
     DATA_ROOT,

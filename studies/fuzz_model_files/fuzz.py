@@ -38,7 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("np_flat", "np_hnsw", "np_ivf", "categorical", "inverse_gamma", "ddpm", "export_pt2", "export_torchscript")
+KINDS = (
+    "np_flat",
+    "np_hnsw",
+    "np_ivf",
+    "categorical",
+    "inverse_gamma",
+    "ddpm",
+    "export_pt2",
+    "export_torchscript",
+)
 MUTATIONS = (
     "flip_bytes",
     "truncate",
@@ -74,7 +83,14 @@ def make_originals(work: Path) -> None:
         "categorical": dtpm_fast.DTPMCategorical(**small),
         "inverse_gamma": dtpm_fast.DTPMInverseGamma(**small),
         "ddpm": dtpm_fast.DDPMReconstruction(
-            epochs=2, width=8, block_hidden=8, n_blocks=1, T=20, reconstruction_steps=5, random_state=0, device="cpu"
+            epochs=2,
+            width=8,
+            block_hidden=8,
+            n_blocks=1,
+            T=20,
+            reconstruction_steps=5,
+            random_state=0,
+            device="cpu",
         ),
     }
     for name, model in models.items():
@@ -97,7 +113,9 @@ def _zip(members, compress: set[str] = frozenset()) -> bytes:
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
         for info, payload in members:
             method = zipfile.ZIP_DEFLATED if info.filename in compress else zipfile.ZIP_STORED
-            z.writestr(zipfile.ZipInfo(info.filename, date_time=(2020, 1, 1, 0, 0, 0)), payload, compress_type=method)
+            z.writestr(
+                zipfile.ZipInfo(info.filename, date_time=(2020, 1, 1, 0, 0, 0)), payload, compress_type=method
+            )
     return out.getvalue()
 
 
@@ -108,7 +126,7 @@ def _resign(members):
         return members
     i = names.index("manifest.json")
     manifest = json.loads(members[i][1])
-    by_name = dict(zip(names, (p for _, p in members)))
+    by_name = dict(zip(names, (p for _, p in members), strict=False))
     for section in ("arrays", "blobs"):
         for entry in manifest.get(section, {}).values():
             payload = by_name.get(entry.get("member"))
@@ -145,7 +163,24 @@ def _edit_json_value(rnd: random.Random, value):
         return value
     parent, key = rnd.choice(containers)
     old = parent[key]
-    choices = [None, 0, -1, 1, 2, 10**9, 2**63, 1.5, float("nan"), float("inf"), -1e308, "", "x", [], {}, True]
+    choices = [
+        None,
+        0,
+        -1,
+        1,
+        2,
+        10**9,
+        2**63,
+        1.5,
+        float("nan"),
+        float("inf"),
+        -1e308,
+        "",
+        "x",
+        [],
+        {},
+        True,
+    ]
     if isinstance(old, (int, float)) and not isinstance(old, bool):
         choices += [old + 1, old - 1, old * 2, -old, old // 2 if isinstance(old, int) else old / 2]
     if isinstance(old, list):
@@ -246,7 +281,9 @@ def worker(args) -> None:
         outcome, detail = classify(target, references[kind], Q, str(work / f"{kind}.bin"))
         if outcome == "different" and how in FORGED:
             outcome = "different_forged"
-        progress.write(json.dumps({"i": i, "kind": kind, "how": how, "outcome": outcome, "detail": detail}) + "\n")
+        progress.write(
+            json.dumps({"i": i, "kind": kind, "how": how, "outcome": outcome, "detail": detail}) + "\n"
+        )
     os.unlink(target)
 
 
@@ -264,9 +301,29 @@ def run(args) -> None:
     def launch(start, stop):
         progress = work / f"progress.{start}.jsonl"
         progress.unlink(missing_ok=True)
-        cmd = [sys.executable, __file__, "worker", "--work", str(work), "--seed", str(args.seed),
-               "--start", str(start), "--stop", str(stop), "--progress", str(progress)]
-        running.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), progress, start, stop))
+        cmd = [
+            sys.executable,
+            __file__,
+            "worker",
+            "--work",
+            str(work),
+            "--seed",
+            str(args.seed),
+            "--start",
+            str(start),
+            "--stop",
+            str(stop),
+            "--progress",
+            str(progress),
+        ]
+        running.append(
+            (
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                progress,
+                start,
+                stop,
+            )
+        )
 
     def harvest(progress: Path) -> int | None:
         """Count finished cases; return the case in flight (started, never finished), if any."""
@@ -290,8 +347,10 @@ def run(args) -> None:
             launch(*pending.pop(0))
         time.sleep(0.5)
         for entry in list(running):
-            proc, progress, start, stop = entry
-            stalled = time.time() - progress.stat().st_mtime > args.hang_seconds if progress.exists() else False
+            proc, progress, _start, stop = entry
+            stalled = (
+                time.time() - progress.stat().st_mtime > args.hang_seconds if progress.exists() else False
+            )
             if proc.poll() is None and not stalled:
                 continue
             if proc.poll() is None:

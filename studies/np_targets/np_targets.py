@@ -183,7 +183,7 @@ def index_choice(quick: bool) -> list[str]:
         Z_test = fitted["flat"]._scaler.transform(X_test)
         _, exact = faiss.knn(Z_test, Z_train, 5)
         hnsw_ids = fitted["hnsw"]._index.search(Z_test, 5)
-        recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, hnsw_ids)])
+        recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, hnsw_ids, strict=False)])
         if y_test is not None and 0 < y_test.sum() < len(y_test):
             aucs = [f"{auc_roc(y_test, fitted[k].decision_function(X_test)):.2f}" for k in ("flat", "hnsw")]
         else:

@@ -48,7 +48,9 @@ def main() -> int:
     )
     out.append(f"Runs compared: {len(both)} (data set, model, seed) triples present in both records.")
     out.append("")
-    out.append("| dataset | model | seeds | paper recipe | fast recipe | diff | paper floor | paper-recipe meets floor | fast meets floor |")
+    out.append(
+        "| dataset | model | seeds | paper recipe | fast recipe | diff | paper floor | paper-recipe meets floor | fast meets floor |"
+    )
     out.append("|---|---|---|---|---|---|---|---|---|")
     below = []
     for (ds, model), g in both.groupby(["dataset", "model"]):
@@ -64,11 +66,15 @@ def main() -> int:
             f"{'yes' if ok_p else 'no'} | {'yes' if ok_f else '**no**'} |"
         )
     out.append("")
-    per_ds = both.groupby(["model", "dataset"])[["auc_roc_paper", "auc_roc_fast", "fit_s_paper", "fit_s_fast"]]
+    per_ds = both.groupby(["model", "dataset"])[
+        ["auc_roc_paper", "auc_roc_fast", "fit_s_paper", "fit_s_fast"]
+    ]
     means = per_ds.mean().groupby("model").mean()
     totals = both.groupby("model")[["fit_s_paper", "fit_s_fast"]].sum()
     n_ds = both.groupby("model").dataset.nunique()
-    out.append("| model | data sets | mean AUC-ROC paper recipe | mean AUC-ROC fast | diff | total fit s paper (recorded run) | total fit s fast | ratio |")
+    out.append(
+        "| model | data sets | mean AUC-ROC paper recipe | mean AUC-ROC fast | diff | total fit s paper (recorded run) | total fit s fast | ratio |"
+    )
     out.append("|---|---|---|---|---|---|---|---|")
     for model in means.index:
         m, t = means.loc[model], totals.loc[model]
@@ -78,10 +84,14 @@ def main() -> int:
             f"{t.fit_s_paper / t.fit_s_fast:.1f}x |"
         )
     t = totals.sum()
-    out.append(f"| both | | | | | {t.fit_s_paper:.0f} | {t.fit_s_fast:.0f} | {t.fit_s_paper / t.fit_s_fast:.1f}x |")
+    out.append(
+        f"| both | | | | | {t.fit_s_paper:.0f} | {t.fit_s_fast:.0f} | {t.fit_s_paper / t.fit_s_fast:.1f}x |"
+    )
     out.append("")
-    out.append("Data sets where the paper recipe meets the floor and the fast recipe does not: "
-               + ("; ".join(below) if below else "none"))
+    out.append(
+        "Data sets where the paper recipe meets the floor and the fast recipe does not: "
+        + ("; ".join(below) if below else "none")
+    )
     out.append("")
     tp, tf = read(RES / "timing_paper/runs.csv"), read(RES / "timing_fast/runs.csv")
     if len(tp) and len(tf):
@@ -91,7 +101,9 @@ def main() -> int:
         rec = paper_runs.set_index(key).auc_roc
         out.append("## Interleaved timing (same process order, same load)")
         out.append("")
-        out.append("| dataset | model | seed | n_train | fit s paper | fit s fast | ratio | AUC paper (this run) | AUC paper (recorded) | AUC fast |")
+        out.append(
+            "| dataset | model | seed | n_train | fit s paper | fit s fast | ratio | AUC paper (this run) | AUC paper (recorded) | AUC fast |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in tt.itertuples():
             recorded = rec.get((r.dataset, r.model, r.seed), float("nan"))
@@ -100,17 +112,25 @@ def main() -> int:
                 f"{r.fit_s_paper / r.fit_s_fast:.1f}x | {r.auc_roc_paper:.2f} | {recorded:.2f} | {r.auc_roc_fast:.2f} |"
             )
         s = tt[["fit_s_paper", "fit_s_fast"]].sum()
-        out.append(f"| **total** | | | | {s.fit_s_paper:.1f} | {s.fit_s_fast:.1f} | {s.fit_s_paper / s.fit_s_fast:.1f}x | | | |")
+        out.append(
+            f"| **total** | | | | {s.fit_s_paper:.1f} | {s.fit_s_fast:.1f} | {s.fit_s_paper / s.fit_s_fast:.1f}x | | | |"
+        )
         out.append("")
     sel = sorted(RES.glob("selection_*/runs.csv"))
     if sel:
-        out.append("## Recipe selection (seeds 0, 1; against the recorded paper-recipe runs of the same seeds)")
+        out.append(
+            "## Recipe selection (seeds 0, 1; against the recorded paper-recipe runs of the same seeds)"
+        )
         out.append("")
-        out.append("| candidate | model | data sets | mean AUC paper recipe | mean AUC candidate | diff | total fit s |")
+        out.append(
+            "| candidate | model | data sets | mean AUC paper recipe | mean AUC candidate | diff | total fit s |"
+        )
         out.append("|---|---|---|---|---|---|---|")
         for path in sel:
             c = pd.read_csv(path)
-            j = paper_runs[key + ["auc_roc"]].merge(c[key + ["auc_roc", "fit_s"]], on=key, suffixes=("_paper", "_c"))
+            j = paper_runs[key + ["auc_roc"]].merge(
+                c[key + ["auc_roc", "fit_s"]], on=key, suffixes=("_paper", "_c")
+            )
             for model, g in j.groupby("model"):
                 m = g.groupby("dataset")[["auc_roc_paper", "auc_roc_c"]].mean().mean()
                 out.append(

@@ -33,7 +33,7 @@ def gemm_only(module) -> callable:
 
     def run(_x):
         with torch.inference_mode():
-            for a, layer in zip(inputs, layers):
+            for a, layer in zip(inputs, layers, strict=False):
                 torch.addmm(layer.bias, a, layer.weight.t())
 
     return run
@@ -44,7 +44,9 @@ def main() -> None:
     X = rng.standard_normal((ROWS, D), dtype=np.float32)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {ROWS} rows, d = {D}")
     for cls in (DTPMCategorical, DTPMInverseGamma):
-        model = cls(epochs=1, random_state=0, device="cpu").fit(rng.standard_normal((256, D), dtype=np.float32))
+        model = cls(epochs=1, random_state=0, device="cpu").fit(
+            rng.standard_normal((256, D), dtype=np.float32)
+        )
         with tempfile.TemporaryDirectory() as tmp:
             engines = {"gemm": gemm_only(model._module), "eager": model.decision_function}
             for fmt in ("torchscript", "pt2"):
@@ -61,11 +63,15 @@ def main() -> None:
                     fn(X)
                     times[name].append(time.perf_counter() - start)
         gemm = ROWS / np.median(times["gemm"])
-        print(f"\n{cls.__name__}: GEMM rate {gemm:,.0f} rows/s (median; best {ROWS / min(times['gemm']):,.0f})")
+        print(
+            f"\n{cls.__name__}: GEMM rate {gemm:,.0f} rows/s (median; best {ROWS / min(times['gemm']):,.0f})"
+        )
         for name in ("eager", "torchscript", "pt2"):
             rate = ROWS / np.median(times[name])
-            print(f"  {name:12s} {rate:>10,.0f} rows/s median = {rate / gemm:5.1%} of the GEMM rate "
-                  f"(best {ROWS / min(times[name]):,.0f}); scores equal to eager within 1e-5")
+            print(
+                f"  {name:12s} {rate:>10,.0f} rows/s median = {rate / gemm:5.1%} of the GEMM rate "
+                f"(best {ROWS / min(times[name]):,.0f}); scores equal to eager within 1e-5"
+            )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,18 @@ def run(recipe: str, X: torch.Tensor, epochs: int) -> float:
     m = build_scorer("categorical", D, (256, 512, 256), 0.5, np.zeros(D), np.ones(D), 7)
     start = time.perf_counter()
     train_network(
-        m.net, X, kind="categorical", T=400, num_bins=7, epochs=epochs, batch_size=r["batch_size"], lr=r["lr"],
-        weight_decay=5e-4, schedule=r["schedule"], precision=r["precision"], pipeline=r["pipeline"],
+        m.net,
+        X,
+        kind="categorical",
+        T=400,
+        num_bins=7,
+        epochs=epochs,
+        batch_size=r["batch_size"],
+        lr=r["lr"],
+        weight_decay=5e-4,
+        schedule=r["schedule"],
+        precision=r["precision"],
+        pipeline=r["pipeline"],
     )
     return (time.perf_counter() - start) / epochs * 1e3
 
@@ -42,11 +52,15 @@ def main() -> None:
             times[recipe].append(run(recipe, X, 20))
     for recipe, v in times.items():
         per_step = np.median(v) / -(-N // RECIPES[recipe]["batch_size"])
-        print(f"{recipe}: {np.median(v):.1f} ms/epoch (median of 5; all {[round(x, 1) for x in v]}), "
-              f"{per_step:.2f} ms/step, {RECIPES[recipe]['epochs']} epochs -> "
-              f"{np.median(v) * RECIPES[recipe]['epochs'] / 1e3:.2f} s per fit of {N} rows")
-    print(f"per-fit ratio paper/fast: "
-          f"{np.median(times['paper']) * 400 / (np.median(times['fast']) * RECIPES['fast']['epochs']):.1f}x")
+        print(
+            f"{recipe}: {np.median(v):.1f} ms/epoch (median of 5; all {[round(x, 1) for x in v]}), "
+            f"{per_step:.2f} ms/step, {RECIPES[recipe]['epochs']} epochs -> "
+            f"{np.median(v) * RECIPES[recipe]['epochs'] / 1e3:.2f} s per fit of {N} rows"
+        )
+    print(
+        f"per-fit ratio paper/fast: "
+        f"{np.median(times['paper']) * 400 / (np.median(times['fast']) * RECIPES['fast']['epochs']):.1f}x"
+    )
     for recipe in times:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             run(recipe, X, 10)

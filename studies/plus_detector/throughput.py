@@ -12,8 +12,7 @@ import time
 
 import numpy as np
 
-from dtpm_fast import DTPMNonParametric, _core
-from dtpm_fast import DTPMMultiScale
+from dtpm_fast import DTPMMultiScale, DTPMNonParametric, _core
 
 n_train, n_query, d, repeats = (
     list(map(int, sys.argv[1:])) + [100_000, 100_000, 32, 2][len(sys.argv) - 1 :]
@@ -29,7 +28,7 @@ for name, det in detectors.items():
     det.fit(X)
     fit_s[name] = time.perf_counter() - start
     print(f"{name}: fit {fit_s[name]:.1f} s", flush=True)
-for r in range(repeats):
+for _r in range(repeats):
     for name, det in detectors.items():
         start, cpu = time.perf_counter(), time.process_time()
         det.decision_function(Q)

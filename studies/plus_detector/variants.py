@@ -72,7 +72,7 @@ def combo(c, parts, cal=zcal, weights=None):
     weights = weights or [1.0] * len(parts)
     te_sum = 0.0
     tr_sum = 0.0
-    for w, part in zip(weights, parts):
+    for w, part in zip(weights, parts, strict=False):
         a, b = cal(*part(c))
         tr_sum, te_sum = tr_sum + w * a, te_sum + w * b
     return tr_sum, te_sum

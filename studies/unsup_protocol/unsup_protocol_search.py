@@ -365,7 +365,9 @@ def neighbour_sweep(means, current: str) -> list[str]:
     lines.append("| **mean abs diff** | " + " | ".join(f"**{v:.2f}**" for v in diff.abs().mean()) + " | |")
     lines.append(
         "| within 1 point | "
-        + " | ".join(f"{int(w)}/{int(n)}" for w, n in zip((diff.abs() <= 1).sum(), diff.notna().sum()))
+        + " | ".join(
+            f"{int(w)}/{int(n)}" for w, n in zip((diff.abs() <= 1).sum(), diff.notna().sum(), strict=False)
+        )
         + " | |"
     )
     return lines
@@ -409,7 +411,8 @@ def summarize(args) -> None:
         res.groupby(["detector", "variant", "dataset"])["auc_roc"].agg(["mean", "std", "count"]).reset_index()
     )
     means["paper"] = [
-        paper_unsup.loc[paper_key(d), paper_column(det)] for det, d in zip(means.detector, means.dataset)
+        paper_unsup.loc[paper_key(d), paper_column(det)]
+        for det, d in zip(means.detector, means.dataset, strict=False)
     ]
     means["diff"] = means["mean"] - means["paper"]
     current = variant_name("yes", "std-all", "boot-all", "cont")

@@ -437,7 +437,7 @@ class DDPMReconstruction(BaseDetector):
             raise ValueError(f"dropout must be two probabilities in [0, 1), got {self.dropout!r}")
         for name in ("sampling_noise", "early_stopping", "standardize"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")  # noqa: TRY004
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.verbose not in (None, True, False):
             raise ValueError(f"verbose must be True, False or None, got {self.verbose!r}")
         self._check_contamination()
@@ -641,7 +641,8 @@ class DDPMReconstruction(BaseDetector):
         with torch.device("meta"):
             skeleton = model._build_network(n_features)
         expected = {
-            name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in skeleton.state_dict().items()
+            name: (tuple(t.shape), str(t.dtype).replace("torch.", ""))
+            for name, t in skeleton.state_dict().items()
         }
         weights = saved.weights(prefix, expected)
         saved.finish()

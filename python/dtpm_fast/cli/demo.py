@@ -72,9 +72,14 @@ def _print_report(r: dict) -> None:
     )
     print("  top anomalies (row, score, true label, most anomalous features with share of D2):")
     for row, score, label, feats, share in zip(
-        r["top_rows"], r["top_scores"], r["top_labels"], r["top_features"], r["top_feature_share"]
+        r["top_rows"],
+        r["top_scores"],
+        r["top_labels"],
+        r["top_features"],
+        r["top_feature_share"],
+        strict=False,
     ):
-        parts = ", ".join(f"x{f} {100 * s:.0f}%" for f, s in zip(feats, share))
+        parts = ", ".join(f"x{f} {100 * s:.0f}%" for f, s in zip(feats, share, strict=False))
         print(f"    row {row:5d}  score {score:6.1f}  label {label}  {parts}")
 
 

@@ -125,9 +125,7 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise ValueError(f"cannot read {path} as an .npz archive: {exc}") from None
             if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError(  # noqa: TRY004 - the content of a file, a user-facing ValueError
-                    f"{path} is a single .npy array, not an .npz archive holding 'X' and 'y'"
-                )
+                raise ValueError(f"{path} is a single .npy array, not an .npz archive holding 'X' and 'y'")
             with data:
                 missing = {"X", "y"} - set(data.files)
                 if missing:

@@ -116,7 +116,7 @@ def summarise(runs, paper, model_columns: dict[str, str | None]):
         sorted(table["dataset"].unique()), list(paper.index) if paper is not None else []
     )
     paper_mean, paper_std, group = [], [], []
-    for dataset, model in zip(table["dataset"], table["model"]):
+    for dataset, model in zip(table["dataset"], table["model"], strict=False):
         column = model_columns.get(model)
         match = matches.get(dataset)
         if paper is None or match is None or column is None or column not in paper.columns:

@@ -43,7 +43,9 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
                 ) from None
             except OSError:  # file systems without hard links
                 if os.path.exists(path):
-                    raise FileExistsError(f"output {path!r} already exists; pass overwrite=True to replace it")
+                    raise FileExistsError(
+                        f"output {path!r} already exists; pass overwrite=True to replace it"
+                    ) from None
                 os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

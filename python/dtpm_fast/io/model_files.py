@@ -34,7 +34,15 @@ import numpy as np
 
 from dtpm_fast.io.atomic import atomic_output
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileState", "SavedState", "exported_format", "read", "write"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ModelFileState",
+    "SavedState",
+    "exported_format",
+    "read",
+    "write",
+]
 
 FORMAT_NAME = "dtpm_fast-model"
 FORMAT_VERSION = 1
@@ -81,45 +89,47 @@ def write(path: str | os.PathLike, state: ModelFileState, library_version: str) 
         if not MEMBER_NAME.match(name):
             raise ValueError(f"{state['kind']} state has an unusable member name {name!r}")
     members: dict[str, dict] = {"arrays": {}, "blobs": {}}
-    with atomic_output(path, overwrite=True) as temporary:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for key, value in state["arrays"].items():
-                array = np.ascontiguousarray(value)
-                if array.dtype.hasobject:
-                    raise ValueError(f"array {key!r} has dtype object; only numeric arrays can be saved")
-                member = f"arrays/{key}.npy"
-                with archive.open(member, "w", force_zip64=True) as stream:
-                    writer = _HashingWriter(stream)
-                    np.lib.format.write_array(writer, array, allow_pickle=False)
-                members["arrays"][key] = {
-                    "member": member,
-                    "bytes": writer.size,
-                    "sha256": writer.sha256.hexdigest(),
-                    "dtype": array.dtype.str,
-                    "shape": list(array.shape),
-                }
-            for key, blob in state["blobs"].items():
-                member = f"blobs/{key}.bin"
-                archive.writestr(member, blob)
-                members["blobs"][key] = {
-                    "member": member,
-                    "bytes": len(blob),
-                    "sha256": hashlib.sha256(blob).hexdigest(),
-                }
-            manifest = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "library_version": library_version,
-                "kind": state["kind"],
-                "meta": state["meta"],
-                "extras": state["extras"],
-                **members,
+    with (
+        atomic_output(path, overwrite=True) as temporary,
+        zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        for key, value in state["arrays"].items():
+            array = np.ascontiguousarray(value)
+            if array.dtype.hasobject:
+                raise ValueError(f"array {key!r} has dtype object; only numeric arrays can be saved")
+            member = f"arrays/{key}.npy"
+            with archive.open(member, "w", force_zip64=True) as stream:
+                writer = _HashingWriter(stream)
+                np.lib.format.write_array(writer, array, allow_pickle=False)
+            members["arrays"][key] = {
+                "member": member,
+                "bytes": writer.size,
+                "sha256": writer.sha256.hexdigest(),
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
             }
-            try:
-                text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=True)
-            except TypeError as exc:
-                raise ValueError(f"{state['kind']} metadata is not JSON-serialisable: {exc}") from exc
-            archive.writestr(MANIFEST, text)
+        for key, blob in state["blobs"].items():
+            member = f"blobs/{key}.bin"
+            archive.writestr(member, blob)
+            members["blobs"][key] = {
+                "member": member,
+                "bytes": len(blob),
+                "sha256": hashlib.sha256(blob).hexdigest(),
+            }
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "library_version": library_version,
+            "kind": state["kind"],
+            "meta": state["meta"],
+            "extras": state["extras"],
+            **members,
+        }
+        try:
+            text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=True)
+        except TypeError as exc:
+            raise ValueError(f"{state['kind']} metadata is not JSON-serialisable: {exc}") from exc
+        archive.writestr(MANIFEST, text)
 
 
 # --------------------------------------------------------------------------- read
@@ -132,8 +142,17 @@ def _open(path: str) -> zipfile.ZipFile:
         raise ValueError(f"model file {path!r} is not a regular file")
     try:
         return zipfile.ZipFile(path, "r")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path!r} is not a dtpm_fast model file (not a readable ZIP archive: {exc})") from None
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        RuntimeError,
+        ValueError,
+        EOFError,
+    ) as exc:
+        raise ValueError(
+            f"{path!r} is not a dtpm_fast model file (not a readable ZIP archive: {exc})"
+        ) from None
 
 
 def exported_format(path: str | os.PathLike) -> str | None:
@@ -190,7 +209,13 @@ def read(path: str | os.PathLike, check_kind=None) -> ModelFileState:
     extras = manifest.get("extras", {})
     if not isinstance(extras, dict):
         raise ValueError(f"{path!r}: the manifest's 'extras' entry is malformed")
-    return {"kind": manifest["kind"], "meta": manifest["meta"], "arrays": arrays, "blobs": blobs, "extras": extras}
+    return {
+        "kind": manifest["kind"],
+        "meta": manifest["meta"],
+        "arrays": arrays,
+        "blobs": blobs,
+        "extras": extras,
+    }
 
 
 def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: str) -> bytes:
@@ -209,10 +234,14 @@ def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, pa
                     break
                 total += len(chunk)
                 if total > limit:
-                    raise ValueError(f"{path!r} is corrupted: member {info.filename!r} is larger than declared")
+                    raise ValueError(
+                        f"{path!r} is corrupted: member {info.filename!r} is larger than declared"
+                    )
                 parts.append(chunk)
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error) as exc:
-        raise ValueError(f"{path!r} is truncated or corrupted: cannot read {info.filename!r} ({exc})") from None
+        raise ValueError(
+            f"{path!r} is truncated or corrupted: cannot read {info.filename!r} ({exc})"
+        ) from None
     return b"".join(parts)
 
 
@@ -245,7 +274,7 @@ def _read_manifest(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -
     # documents ValueError for a malformed file, so they stay ValueError (hence TRY004).
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{path!r}: the manifest has no valid format_version")  # noqa: TRY004
+        raise ValueError(f"{path!r}: the manifest has no valid format_version")
     if version > FORMAT_VERSION:
         raise ValueError(
             f"{path!r} uses model format version {version}, newer than this dtpm_fast supports "
@@ -255,7 +284,7 @@ def _read_manifest(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -
         raise ValueError(f"{path!r}: unsupported model format version {version}")
     for key, kind in (("kind", str), ("meta", dict), ("arrays", dict), ("blobs", dict)):
         if not isinstance(manifest.get(key), kind):
-            raise ValueError(f"{path!r}: the manifest's {key!r} entry is missing or malformed")  # noqa: TRY004
+            raise ValueError(f"{path!r}: the manifest's {key!r} entry is missing or malformed")
     return manifest
 
 
@@ -301,8 +330,14 @@ def _parse_array(data: bytes, key: str, entry: dict, path: str) -> np.ndarray:
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except Exception as exc:  # noqa: BLE001 - NumPy parses the header with tokenize/ast: any failure
-        raise ValueError(f"{path!r}: array {key!r} is not a plain numeric .npy array ({type(exc).__name__})") from None
-    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or dtype.fields is not None:
+        raise ValueError(
+            f"{path!r}: array {key!r} is not a plain numeric .npy array ({type(exc).__name__})"
+        ) from None
+    if (
+        dtype.hasobject
+        or not (np.issubdtype(dtype, np.number) or dtype == np.bool_)
+        or dtype.fields is not None
+    ):
         raise ValueError(f"{path!r}: array {key!r} is not a plain numeric .npy array (dtype {dtype})")
     if "dtype" in entry and (dtype.str != entry["dtype"] or list(shape) != entry.get("shape")):
         raise ValueError(
@@ -360,7 +395,9 @@ class SavedState:
         if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds:
             kind = getattr(getattr(value, "dtype", None), "str", type(value).__name__)
             raise self._fail(f"array {key!r} has dtype {kind}, expected one of kinds {kinds!r}")
-        if len(shape) != value.ndim or any(s is not None and s != v for s, v in zip(shape, value.shape)):
+        if len(shape) != value.ndim or any(
+            s is not None and s != v for s, v in zip(shape, value.shape, strict=False)
+        ):
             expected = tuple("any" if s is None else s for s in shape)
             raise self._fail(f"array {key!r} has shape {value.shape}, expected {expected}")
         if finite and value.dtype.kind in "fc" and not np.isfinite(value).all():
@@ -391,7 +428,9 @@ class SavedState:
                 shape = (1,)  # a 0-d buffer saved as shape (1,): torch's load_state_dict takes it too
             value = self.array(prefix + name, tuple(shape), kinds="fiub")
             if value.dtype.name != dtype:
-                raise self._fail(f"array {prefix + name!r} has dtype {value.dtype.name}, the network holds {dtype}")
+                raise self._fail(
+                    f"array {prefix + name!r} has dtype {value.dtype.name}, the network holds {dtype}"
+                )
         return found
 
     def blob(self, key: str, *, allowed: bool = True):
@@ -406,8 +445,11 @@ class SavedState:
 
     def integer(self, key: str, minimum: int = 0, maximum: int | None = None, source=None) -> int:
         value = (self.meta if source is None else source).get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (
-            maximum is not None and value > maximum
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or value < minimum
+            or (maximum is not None and value > maximum)
         ):
             bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
             raise self._fail(f"{key!r} is {value!r}, expected an integer {bound}")

@@ -220,7 +220,7 @@ def open_reader(
     if on_bad_row not in ON_BAD_ROW_CHOICES:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW_CHOICES}, got {on_bad_row!r}")
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)):
-        raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")  # noqa: TRY004
+        raise ValueError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     if not 1 <= int(batch_rows) <= MAX_BATCH_ROWS:
         raise ValueError(f"batch_rows must be an integer in [1, {MAX_BATCH_ROWS}], got {batch_rows!r}")
     fmt = file_format(path)

@@ -71,7 +71,9 @@ def resolve_params(kind: str, params, n_train: int | None = None) -> dict:
     if params is None:
         params = {}
     if not isinstance(params, Mapping):
-        raise ValueError(f"index_params must be a dict or None, got {type(params).__name__} {params!r}; {INDEX_PARAMS_HINT}")
+        raise ValueError(
+            f"index_params must be a dict or None, got {type(params).__name__} {params!r}; {INDEX_PARAMS_HINT}"
+        )
     for key, value in params.items():
         if not isinstance(key, str) or key not in merged:
             raise ValueError(
@@ -230,7 +232,9 @@ class _ApproximateFaissIndex:
         index = self._index
         n, d = X.shape
         if not isinstance(index, self._faiss_class()) or index.metric_type != faiss.METRIC_L2:
-            raise ValueError(f"the saved index is a {type(index).__name__}, not the {self.kind} index the model names")
+            raise ValueError(
+                f"the saved index is a {type(index).__name__}, not the {self.kind} index the model names"
+            )
         if index.d != d or index.ntotal != n:
             raise ValueError(
                 f"the saved {self.kind} index holds {index.ntotal} rows of {index.d} features but the "

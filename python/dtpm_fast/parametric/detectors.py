@@ -72,7 +72,7 @@ class _ParametricDTPM(BaseDetector):
             _check_positive_float(self.lr, "lr")
         _check_positive_float(self.weight_decay, "weight_decay", allow_zero=True)
         if not isinstance(self.standardize, (bool, np.bool_)):
-            raise ValueError(f"standardize must be True or False, got {self.standardize!r}.")  # noqa: TRY004 - parameters fail with ValueError project-wide
+            raise ValueError(f"standardize must be True or False, got {self.standardize!r}.")
         self._check_contamination()
 
     def _num_bins(self) -> int | None:
@@ -298,7 +298,9 @@ class _ParametricDTPM(BaseDetector):
         mean = saved.array(_STATE_PREFIX + "mean", (d,))
         scale = saved.array(_STATE_PREFIX + "scale", (d,))
         if not (scale > 0).all():
-            raise ValueError(f"saved state is inconsistent: array {_STATE_PREFIX + 'scale'!r} has a value <= 0")
+            raise ValueError(
+                f"saved state is inconsistent: array {_STATE_PREFIX + 'scale'!r} has a value <= 0"
+            )
         scores = saved.array("decision_scores", (None,))
         if scores.size == 0:
             raise ValueError("saved state is inconsistent: array 'decision_scores' is empty")
@@ -311,7 +313,13 @@ class _ParametricDTPM(BaseDetector):
         # file whose parameters ask for a huge network is refused before it is built.
         with torch.device("meta"):
             skeleton = build_scorer(
-                cls._kind, d, self.hidden_sizes, float(self.dropout), mean32, scale32, num_bins=self._num_bins()
+                cls._kind,
+                d,
+                self.hidden_sizes,
+                float(self.dropout),
+                mean32,
+                scale32,
+                num_bins=self._num_bins(),
             )
         weights = saved.weights(_STATE_PREFIX, _shapes_and_dtypes(skeleton))
         saved.finish()

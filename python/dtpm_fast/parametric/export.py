@@ -328,7 +328,10 @@ def _check_meta(meta, train_scores: np.ndarray, path: str) -> None:
     if kind == "categorical" and not (is_int(num_bins, 2) and num_bins <= T):
         raise _fail(path, f"{META_FILE} has an invalid num_bins {num_bins!r} for T={T}")
     if kind == "inverse_gamma" and (num_bins is not None or meta.get("shape_a") != n_features / 2.0 - 1.0):
-        raise _fail(path, f"{META_FILE} is not an inverse-Gamma head's (num_bins {num_bins!r}, shape_a {meta.get('shape_a')!r})")
+        raise _fail(
+            path,
+            f"{META_FILE} is not an inverse-Gamma head's (num_bins {num_bins!r}, shape_a {meta.get('shape_a')!r})",
+        )
     c = meta["contamination"]
     if not is_real(meta["threshold"]) or not (is_real(c) and 0.0 < c <= 0.5):
         raise _fail(path, f"{META_FILE} has an invalid threshold or contamination")
@@ -358,7 +361,9 @@ def _check_tensor_storage(module, path: str) -> None:
             usable = storage.data_ptr() != 0
         except RuntimeError:  # "invalid python storage": the member held fewer bytes than the tensor
             usable = False
-        last = tensor.storage_offset() + sum((n - 1) * abs(st) for n, st in zip(tensor.shape, tensor.stride()))
+        last = tensor.storage_offset() + sum(
+            (n - 1) * abs(st) for n, st in zip(tensor.shape, tensor.stride(), strict=False)
+        )
         if not usable or (last + 1) * tensor.element_size() > storage.nbytes():
             raise _fail(path, "a tensor of the network is larger than its stored bytes (truncated archive)")
 
@@ -376,7 +381,9 @@ def _check_graph(module, meta: dict, path: str, device) -> None:
             out = module(probe)
         scores = out.detach().to("cpu").numpy() if isinstance(out, torch.Tensor) else None
     except Exception as exc:  # noqa: BLE001 - the graph is untrusted: any failure means a bad file
-        raise _fail(path, f"its graph does not take {meta['n_features']} features ({type(exc).__name__})") from None
+        raise _fail(
+            path, f"its graph does not take {meta['n_features']} features ({type(exc).__name__})"
+        ) from None
     if scores is None or scores.shape != (2,) or not np.isfinite(scores).all():
         raise _fail(path, "its graph does not return one finite score per row")
     upper = (meta["num_bins"] - 1) if meta["kind"] == "categorical" else np.inf

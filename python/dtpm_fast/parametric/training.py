@@ -79,10 +79,22 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
 #:   batches (no per-batch random-number or indexing work). See
 #:   studies/parametric_fast_recipe/README.md for the choice and its measured cost and quality.
 RECIPES: dict[str, dict] = {
-    "paper": {"epochs": 400, "batch_size": 64, "lr": 1e-4, "schedule": "constant", "precision": "float32",
-              "pipeline": "per_batch"},
-    "fast": {"epochs": 200, "batch_size": 512, "lr": 1e-3, "schedule": "warmup_cosine", "precision": "bfloat16",
-             "pipeline": "per_epoch"},
+    "paper": {
+        "epochs": 400,
+        "batch_size": 64,
+        "lr": 1e-4,
+        "schedule": "constant",
+        "precision": "float32",
+        "pipeline": "per_batch",
+    },
+    "fast": {
+        "epochs": 200,
+        "batch_size": 512,
+        "lr": 1e-3,
+        "schedule": "warmup_cosine",
+        "precision": "bfloat16",
+        "pipeline": "per_epoch",
+    },
 }
 SCHEDULES = ("constant", "warmup_cosine")
 PRECISIONS = ("float32", "bfloat16")

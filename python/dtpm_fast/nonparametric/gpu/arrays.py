@@ -108,5 +108,3 @@ def require_tensor(t, name: str, dtypes: tuple, ndim: int, device=None):
     if device is not None and t.device != device:
         raise ValueError(f"{name} is on {t.device} but the other inputs are on {device}")
     return t
-
-

@@ -234,7 +234,6 @@ class NonParametricEngine:
         return self._run(X, run)
 
 
-
 class GpuBackend(NonParametricEngine):
     """``DTPMNonParametric``'s backend on one GPU: the engine over the detector's fitted state.
 

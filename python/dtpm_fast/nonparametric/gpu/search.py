@@ -22,6 +22,7 @@ DEFAULT_MEMORY_BUDGET = 8 << 30
 _MIN_QUERY_ROWS = 256  # query rows per chunk we try to keep when the training set is chunked
 _CANDIDATE_MARGIN = 11  # extra candidates re-ranked exactly: K = 5 -> 16, one kernel instance
 
+
 def faiss_gpu_available() -> bool:
     """True when the installed faiss was built with GPU support and sees a GPU."""
     try:
@@ -349,5 +350,3 @@ def choose_search(search: str, n_neighbors: int, faiss_available: bool) -> str:
             )
         return "faiss"
     return "faiss" if search == "auto" and faiss_available and fits else "torch"
-
-
