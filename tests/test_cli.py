@@ -356,7 +356,7 @@ def test_parquet_nulls_nan_and_inf_are_bad_rows(tmp_path):
 
 def test_interrupt_leaves_no_output(files, tmp_path):
     big = tmp_path / "big.npy"
-    np.save(big, np.tile(files["X_query"], (400, 1)))  # ~400k rows, scored 500 at a time
+    np.save(big, np.tile(files["X_query"], (4000, 1)))  # ~4M rows, scored 500 at a time
     output = tmp_path / "s.parquet"
     process = subprocess.Popen(
         [

@@ -154,14 +154,23 @@ def check_choice(value, name: str, choices) -> str:
     return value
 
 
+class RowsNotScorable(ValueError):
+    """Finite rows a model cannot score; ``rows`` holds their positions (0-based) in the call's X."""
+
+    def __init__(self, message: str, rows: np.ndarray):
+        super().__init__(message)
+        self.rows = rows
+
+
 def check_finite_scores(scores: np.ndarray, owner: str) -> np.ndarray:
-    """``scores`` if all finite; else ValueError naming the rows (finite input the model cannot score)."""
+    """``scores`` if all finite; else :class:`RowsNotScorable` naming the rows."""
     finite = np.isfinite(scores)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        raise ValueError(
+        raise RowsNotScorable(
             f"{owner} cannot score {bad.size} row(s) (first: row {bad[0]}, counting from 0): they are "
-            "finite but so far out that its network's output overflows; rescale or clip those features."
+            "finite but so far out that its network's output overflows; rescale or clip those features.",
+            bad,
         )
     return scores
 

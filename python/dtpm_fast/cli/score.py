@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from dtpm_fast._validation import RowsNotScorable
 from dtpm_fast.cli import _args
 from dtpm_fast.io import tables
 from dtpm_fast.io.atomic import atomic_output
@@ -134,6 +135,8 @@ def _score_all(args, model, reader) -> int:
             for batch in tables.prefetch(reader):
                 try:
                     scores, posterior_mean = score_batch(model, batch.features, args.posterior_mean)
+                except RowsNotScorable as exc:  # the rows it names, in the input's numbering
+                    raise ModelFailure(batch.rows[exc.rows[:1]], str(exc)) from exc
                 except Exception as exc:  # reported with the rows, never skipped
                     raise ModelFailure(batch.rows, f"{type(exc).__name__}: {exc or '(no message)'}") from exc
                 for name, values in (("score", scores), ("posterior mean", posterior_mean)):

@@ -14,6 +14,8 @@ import uuid
 
 import numpy as np
 
+from dtpm_fast._validation import RowsNotScorable
+
 __all__ = ["decision_function", "models_received"]
 
 # How many models this process has received (unpickled) from a client; a worker that
@@ -89,7 +91,17 @@ def _score_block(block: np.ndarray, model, block_info=None) -> np.ndarray:
         return f"row {start + i} of the array (0-based)"
 
     X = _checked_rows(np.asarray(block), where)
-    return _finite_scores(model.decision_function(X), where)
+    return _finite_scores(_decision_function(model, X, where), where)
+
+
+def _decision_function(model, X, where):
+    """The model's scores; rows it cannot score are named in the whole input's numbering."""
+    try:
+        return model.decision_function(X)
+    except RowsNotScorable as exc:
+        raise ValueError(
+            f"the model returned no finite score for {where(int(exc.rows[0]))}, a row of finite values ({exc})"
+        ) from None
 
 
 def _finite_scores(scores, where) -> np.ndarray:
@@ -121,7 +133,7 @@ def _score_partition(frame, model, columns: list, partition_info=None):
         return f"the row with index {frame.index[i]!r} (row {i} of partition {number})"
 
     X = _checked_rows(values, where, columns)
-    scores = _finite_scores(_unwrap(model).decision_function(X), where)
+    scores = _finite_scores(_decision_function(_unwrap(model), X, where), where)
     return pd.Series(scores, index=frame.index, name="score", dtype=np.float64)
 
 
