@@ -373,6 +373,9 @@ def test_interrupt_leaves_no_output(files, tmp_path):
         ],
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: SIGINT at its default disposition, whatever this process inherited
+        # (an ignored SIGINT is inherited across exec, and Python then never raises KeyboardInterrupt).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not any(name.endswith(".partial") for name in os.listdir(tmp_path)):
