@@ -471,3 +471,16 @@ def test_progress_line_shows_rows_rate_and_eta(capsys):
     silent.update(250, force=True)
     silent.finish()
     assert capsys.readouterr().err == ""
+
+
+def test_posterior_mean_column_is_refused_for_the_multiscale_model(files, tmp_path, capsys):
+    """Its score averages posterior means over K: not written as a posterior mean."""
+    model = tmp_path / "plus.dtpm"
+    dtpm_fast.DTPMMultiScale(n_neighbors=(1, 3)).fit(files["X_query"]).save(model)
+    out = tmp_path / "s.csv"
+    query = str(files["root"] / "query.parquet")
+    code = main(
+        ["score", str(model), query, "--columns", "f0,f1,f2,f3,f4", "-o", str(out), "--posterior-mean", "-q"]
+    )
+    assert code == 1 and not out.exists()
+    assert "use view_scores" in capsys.readouterr().err

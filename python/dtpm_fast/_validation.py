@@ -48,7 +48,8 @@ def check_matrix(X, name: str = "X", dtype=np.float32) -> np.ndarray:
             "tensors and CuPy arrays."
         )
     try:
-        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a DataFrame: missing values (pd.NA) -> NaN
+        plain = all(isinstance(t, np.dtype) and t.kind in "biuf" for t in getattr(X, "dtypes", ()))
+        if hasattr(X, "columns") and hasattr(X, "to_numpy") and not plain:  # pd.NA, extension dtypes -> NaN
             try:
                 arr = X.to_numpy(dtype=np.float64, na_value=np.nan)
             except (TypeError, ValueError):

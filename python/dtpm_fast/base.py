@@ -14,6 +14,7 @@ Saving, loading and pickling share one state: ``_get_state`` / ``_from_state`` o
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 
 import numpy as np
@@ -42,11 +43,8 @@ class BaseDetector:
 
     # ---- sklearn parameter protocol ---------------------------------------------------------
     @classmethod
-    def _param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return sorted(
-            p.name for p in signature.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD
-        )
+    def _param_names(cls) -> tuple[str, ...]:
+        return _constructor_parameters(cls)
 
     def get_params(self, deep: bool = True) -> dict:
         """Constructor parameters, as sklearn's ``get_params``."""
@@ -294,6 +292,16 @@ class BaseDetector:
                     f"cannot unpickle a {type(self).__name__}: its state is incomplete or inconsistent ({exc!r})"
                 ) from None
             self.__dict__.update(restored.__dict__)
+
+
+@functools.cache
+def _constructor_parameters(cls: type) -> tuple[str, ...]:
+    """The names ``cls.__init__`` takes, sorted (computed once per class: every scoring call
+    compares the parameters with the fitted ones, and signature inspection is the slow part)."""
+    signature = inspect.signature(cls.__init__)
+    return tuple(
+        sorted(p.name for p in signature.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD)
+    )
 
 
 def _snapshot(params: dict) -> dict:

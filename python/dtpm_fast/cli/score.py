@@ -206,8 +206,8 @@ def score_batch(model, X: np.ndarray, want_posterior_mean: bool) -> tuple[np.nda
         return scores, None
     if not hasattr(model, "posterior_mean"):
         raise ValueError(f"posterior means are not available for {type(model).__name__}")
-    if getattr(model, "score", None) == "mean":
-        return scores, scores  # the score is the posterior mean: no second pass
+    if model.get_params().get("score") == "mean":
+        return scores, scores  # the score parameter says the score is the posterior mean: no second pass
     return scores, model.posterior_mean(X)
 
 

@@ -85,17 +85,7 @@ class RunConfig:
 
 
 _KEY_COLUMNS = ("dataset", "model", "seed", "protocol")
-_NUMBER_COLUMNS = (
-    "auc_roc",
-    "auc_pr",
-    "f1",
-    "fit_s",
-    "score_s",
-    "score_rows_per_s",
-    "n_train",
-    "n_test",
-    "n_features",
-)
+_NUMBER_COLUMNS = tuple(c for c in COLUMNS if c not in (*_KEY_COLUMNS, "device", "budget"))
 
 
 def read_runs(out_dir: str | Path) -> list[dict[str, str]]:

@@ -56,15 +56,19 @@ class HostBackend:
         return self.index().to_bytes()
 
     # ---- scoring -----------------------------------------------------------------------------
-    def train_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """Leave-one-out (mode int32, mean float64) of the training rows."""
-        mode, mean, _ = self.score_rows(self._state.train, standardized=True, leave_one_out=True)
+    def train_scores(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """Leave-one-out (mode int32, mean float64) of the training rows (multi-scale: no mode)."""
+        mode, mean, _ = self.score_rows(
+            self._state.train, standardized=True, leave_one_out=True, want_mode=self._ladder is None
+        )
         return mode, mean
 
     def score_rows(
         self, X, standardized=False, leave_one_out=False, want_mode=True, want_mean=True, want_posterior=False
     ):
         """(mode int32 (n,), mean float64 (n,), posterior float64 (n, T)), each None unless wanted."""
+        if self._ladder is not None and (want_mode or want_posterior):
+            raise ValueError("a multi-scale backend computes posterior means only")
         n = X.shape[0]
         grid = self._state.grid
         mode = np.empty(n, dtype=np.int32) if want_mode else None
