@@ -413,6 +413,25 @@ def test_zip_header_bit_flips_are_value_errors(files, tmp_path, kind):
             np.testing.assert_array_equal(model.decision_function(files["Q"]), files["scores"][kind])
 
 
+@pytest.mark.parametrize("kind", EXPORTS)
+def test_exported_central_directory_attribute_edits_never_change_the_weights(files, tmp_path, kind):
+    # Fields of the central directory that Python's zipfile ignores (version made by, internal
+    # and external file attributes): a 0xff in the external attributes of a weight's entry made
+    # PyTorch's reader load that weight from the wrong bytes, with every CRC intact.
+    data = files["paths"][kind].read_bytes()
+    offsets = []
+    start = data.find(b"PK\x01\x02")
+    while start >= 0:
+        offsets += [start + f for f in (4, 5, 36, 37, 38, 39, 40, 41)]
+        start = data.find(b"PK\x01\x02", start + 4)
+    for n, offset in enumerate(offsets):
+        damaged = bytearray(data)
+        damaged[offset] = 0xFF
+        path = tmp_path / f"attr{n}.bin"
+        path.write_bytes(bytes(damaged))
+        _check_outcome(files, kind, path)
+
+
 def test_two_members_of_the_same_name_are_refused(files, tmp_path):
     members = _members(files["paths"]["np_flat"])
     path = tmp_path / "dup.dtpm"

@@ -408,24 +408,43 @@ def load_exported(path, device: str = "auto") -> ExportedScorer:
     Notes
     -----
     The file is read once and validated (zip signature, CRCs, PyTorch layout, dtpm_fast
-    metadata) before ``torch.jit.load`` / ``torch.export.load`` reads the same bytes; the
-    loaded graph is then run on two rows to check it against the metadata. No Python pickle
+    metadata) before ``torch.jit.load`` / ``torch.export.load`` reads the archive rebuilt from
+    the checked member bytes (:func:`_rebuilt_archive`); the loaded graph is then run on two rows to check it against the metadata. No Python pickle
     is loaded by dtpm_fast.
     """
     path = os.fspath(path)
     return _load_bytes(_read_file(path), path, device)
 
 
+def _rebuilt_archive(data: bytes) -> bytes:
+    """The archive written anew from its members' CRC-checked bytes, with plain zip headers.
+
+    PyTorch's zip reader interprets header fields that Python's ``zipfile`` ignores: one
+    changed byte in a central-directory entry's file attributes made ``torch.export.load`` read
+    a weight from the wrong bytes. PyTorch therefore only ever reads this rebuilt archive,
+    whose headers carry nothing but names, sizes and checksums.
+    """
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(data)) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as rebuilt,
+    ):
+        for info in source.infolist():
+            rebuilt.writestr(info.filename, source.read(info))
+    return out.getvalue()
+
+
 def _load_bytes(data: bytes, path: str, device) -> ExportedScorer:
     torch = require_torch()
     fmt, meta, train_scores = _inspect(data, path)
     dev = resolve_torch_device(device)
+    archive = io.BytesIO(_rebuilt_archive(data))
     try:
         if fmt == "torchscript":
             with _accept_torchscript_deprecation():
-                module = torch.jit.load(io.BytesIO(data), map_location=dev)
+                module = torch.jit.load(archive, map_location=dev)
         else:
-            program = torch.export.load(io.BytesIO(data))
+            program = torch.export.load(archive)
             if dev.type != "cpu":
                 # Exported on the CPU; the pass rewrites device constants in the graph as well.
                 from torch.export.passes import move_to_device_pass
