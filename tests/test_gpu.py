@@ -689,6 +689,44 @@ def test_detector_on_gpu_matches_cpu(torch, train_test, score):
     np.testing.assert_allclose(gpu.explain(X_test[:50]), cpu.explain(X_test[:50]), rtol=1e-5, atol=1e-6)
 
 
+def test_device_standardisation_is_the_host_rule_on_far_rows(torch):
+    # The rule the GPU engine applies, run on CPU tensors: equal to Standardizer.transform,
+    # including entries that overflow float32 (clipped float64 values, never +-inf).
+    from dtpm_fast.standardize import Standardizer, standardize_tensor
+
+    f32_max = np.finfo(np.float32).max
+    rng = np.random.default_rng(5)
+    scaler = Standardizer(rng.normal(size=4), rng.uniform(0.01, 3.0, size=4))
+    X = rng.normal(size=(6, 4)).astype(np.float32)
+    X[1] = f32_max
+    X[2] = -f32_max
+    X[3, 0] = np.float32(3e38)
+    got = standardize_tensor(
+        torch.from_numpy(X), torch.from_numpy(scaler.mean), torch.from_numpy(scaler.scale)
+    ).numpy()
+    want = scaler.transform(X)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got[[1, 2, 3]], want[[1, 2, 3]])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
+def test_far_rows_score_on_the_gpu_as_on_the_cpu(torch, blobs):
+    X_train, _, _ = blobs
+    f32_max = np.finfo(np.float32).max
+    Q = np.vstack(
+        [np.full((2, X_train.shape[1]), f32_max), np.full((1, X_train.shape[1]), 1e20), X_train[:5]]
+    )
+    Q[1] *= -1
+    cpu = DTPMNonParametric(device="cpu").fit(X_train)
+    gpu = DTPMNonParametric(device="cuda").fit(X_train)
+    for queries in (Q, torch.from_numpy(Q.astype(np.float32)).cuda()):
+        got = gpu.decision_function(queries)
+        got = got.cpu().numpy() if isinstance(got, torch.Tensor) else got
+        np.testing.assert_allclose(got, cpu.decision_function(Q), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA_USABLE, reason=f"no usable GPU: {CUDA_REASON}")
 def test_detector_keeps_device_arrays_on_the_device(torch, blobs):

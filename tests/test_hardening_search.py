@@ -124,3 +124,16 @@ def test_ivf_nlist_equal_to_rows_works(train):
     small = train[:40]
     model = dtpm_fast.DTPMNonParametric(index="ivf", index_params={"nlist": 40}, device="cpu").fit(small)
     assert np.isfinite(model.decision_scores_).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_far_row_leaves_the_other_rows_of_its_batch_unchanged(dtype):
+    # Small training scales put a float32-representable query beyond float32 once standardised;
+    # the ordinary rows batched with it must score as they do alone.
+    X = (np.random.default_rng(4).normal(size=(300, 4)) * 1e-3).astype(dtype)
+    model = dtpm_fast.DTPMNonParametric(device="cpu").fit(X)
+    Q = np.vstack([X[:6], np.full((1, 4), 3e38, dtype=dtype), -np.full((1, 4), 3e38, dtype=dtype)])
+    together = model.decision_function(Q)
+    alone = np.concatenate([model.decision_function(Q[i : i + 1]) for i in range(len(Q))])
+    np.testing.assert_array_equal(together, alone)
+    assert (together[6:] == model.T - 1).all()

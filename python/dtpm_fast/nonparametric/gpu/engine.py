@@ -24,6 +24,7 @@ from dtpm_fast.nonparametric.gpu.search import (
     choose_search,
     faiss_gpu_available,
 )
+from dtpm_fast.standardize import standardize_tensor
 
 
 class NonParametricEngine:
@@ -126,7 +127,7 @@ class NonParametricEngine:
 
     def _standardize(self, t):
         """(X - mean) / scale in float32, the CPU Standardizer's arithmetic on float32 input."""
-        return ((t - self._mean.to(t.dtype)) / self._scale.to(t.dtype)).contiguous()
+        return standardize_tensor(t, self._mean, self._scale)
 
     def _batches(self, X, standardized: bool):
         """Yield (start, stop, standardised float32 batch on the device) over X (host or device)."""
