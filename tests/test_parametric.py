@@ -525,6 +525,19 @@ def test_batched_inference_matches_one_call_and_reads_read_only_input():
         batched_inference(lambda x: x, X[:0])
 
 
+@pytest.mark.parametrize("cls", [DTPMCategorical, DTPMInverseGamma])
+def test_cpu_scoring_in_blocks_equals_one_call_over_all_rows(cls):
+    # CPU scoring calls the network on CPU_INFERENCE_BATCH-row blocks (cache-resident
+    # activations); a row's score must not depend on that blocking beyond float32 rounding.
+    from dtpm_fast._torch_utils import CPU_INFERENCE_BATCH, batched_inference
+
+    rng = np.random.default_rng(3)
+    model = cls(epochs=1, random_state=0, device="cpu").fit(rng.standard_normal((128, 6), dtype=np.float32))
+    X = rng.standard_normal((2 * CPU_INFERENCE_BATCH + 17, 6), dtype=np.float32)
+    whole = batched_inference(model._module, X, batch_size=len(X))
+    np.testing.assert_allclose(model.decision_function(X), whole, rtol=1e-5, atol=1e-6)
+
+
 def test_progress_reporter_writes_only_when_enabled(capsys):
     from dtpm_fast._torch_utils import ProgressReporter
 
