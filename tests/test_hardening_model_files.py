@@ -248,6 +248,10 @@ NET_EDITS = {
         "width" if p == "network." else "hidden_sizes", 10**9 if p == "network." else [10**9, 8]
     ),
     "an extra array": lambda s, p, m, sc: _set("arrays", "other", np.zeros(3))(s),
+    # One Python module per layer even on the "meta" device: 10^9 of them never finished.
+    "far more layers than weights": lambda s, p, m, sc: s["meta"]["params"].__setitem__(
+        "n_blocks" if p == "network." else "hidden_sizes", 10**9 if p == "network." else [8] * 100_000
+    ),
 }
 
 
@@ -428,6 +432,26 @@ def test_exported_central_directory_attribute_edits_never_change_the_weights(fil
         damaged = bytearray(data)
         damaged[offset] = 0xFF
         path = tmp_path / f"attr{n}.bin"
+        path.write_bytes(bytes(damaged))
+        _check_outcome(files, kind, path)
+
+
+@pytest.mark.parametrize("kind", KINDS + EXPORTS)
+def test_zip64_end_record_offsets_beyond_the_file_are_value_errors(files, tmp_path, kind):
+    # A ZIP64 end record's central-directory offset (and its locator's pointer to the record)
+    # edited to ~2^63: zipfile's seek raised OverflowError.
+    data = files["paths"][kind].read_bytes()
+    fields = []
+    for signature, offsets in ((b"PK\x06\x06", range(48, 56)), (b"PK\x06\x07", range(8, 16))):
+        start = data.rfind(signature)
+        if start >= 0:
+            fields += [start + o for o in offsets]
+    if not fields:
+        pytest.skip("this file has no ZIP64 end record")
+    for n, offset in enumerate(fields):
+        damaged = bytearray(data)
+        damaged[offset] = 0xFF
+        path = tmp_path / f"z64_{n}.bin"
         path.write_bytes(bytes(damaged))
         _check_outcome(files, kind, path)
 

@@ -636,6 +636,7 @@ class DDPMReconstruction(BaseDetector):
         threshold = saved.number("threshold")
         saved.blob("index", allowed=False)
         prefix = "network."
+        saved.check_layer_count(prefix, model.n_blocks, "n_blocks")
         # Shapes from a skeleton on the "meta" device (nothing allocated): a file asking for a
         # huge network is refused before it is built.
         with torch.device("meta"):

@@ -149,6 +149,7 @@ def _open(path: str) -> zipfile.ZipFile:
         RuntimeError,
         ValueError,
         EOFError,
+        OverflowError,
     ) as exc:
         raise ValueError(
             f"{path!r} is not a dtpm_fast model file (not a readable ZIP archive: {exc})"
@@ -238,7 +239,15 @@ def _read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, pa
                         f"{path!r} is corrupted: member {info.filename!r} is larger than declared"
                     )
                 parts.append(chunk)
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        NotImplementedError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        OverflowError,  # a header offset beyond what seek takes
+        zlib.error,
+    ) as exc:
         raise ValueError(
             f"{path!r} is truncated or corrupted: cannot read {info.filename!r} ({exc})"
         ) from None
@@ -410,6 +419,19 @@ class SavedState:
         for key, value in found.items():
             self.array(key, (None,) * getattr(value, "ndim", 0), kinds="fiub")
         return found
+
+    def check_layer_count(self, prefix: str, n_layers: int, parameter: str) -> None:
+        """Refuse a ``parameter`` asking for more layers than the file holds arrays under ``prefix``.
+
+        Every layer stores at least one array, so this bounds the network before even a
+        skeleton is built: building one on the "meta" device allocates no memory but still
+        creates one Python module per layer (a forged ``n_blocks = 10^9`` would never finish).
+        """
+        held = sum(1 for k in self._arrays if k.startswith(prefix))
+        if n_layers > held:
+            raise self._fail(
+                f"parameter {parameter} asks for {n_layers} layers but the file holds {held} weight arrays"
+            )
 
     def weights(self, prefix: str, expected: dict) -> dict:
         """The arrays named ``prefix + name``, exactly the names of ``expected`` with its shapes

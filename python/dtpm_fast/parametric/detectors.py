@@ -309,6 +309,7 @@ class _ParametricDTPM(BaseDetector):
         saved.blob("index", allowed=False)
         device = resolve_torch_device(self.device)
         mean32, scale32 = np.asarray(mean, dtype=np.float32), np.asarray(scale, dtype=np.float32)
+        saved.check_layer_count(_STATE_PREFIX, len(self.hidden_sizes), "hidden_sizes")
         # The network's shapes from a skeleton on the "meta" device (nothing allocated), so a
         # file whose parameters ask for a huge network is refused before it is built.
         with torch.device("meta"):

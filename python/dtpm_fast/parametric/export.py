@@ -295,6 +295,7 @@ def _inspect(data: bytes, path: str) -> tuple[str, dict, np.ndarray]:
         zlib.error,
         NotImplementedError,
         RuntimeError,
+        OverflowError,  # a header offset beyond what seek takes
     ) as exc:
         raise _fail(path, f"the zip archive cannot be read ({exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, ValueError) as exc:
