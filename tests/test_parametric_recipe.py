@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma
-from dtpm_fast.parametric.training import RECIPES, learning_rates
+from dtpm_fast.parametric.training import RECIPES, draw_steps, inverse_gamma_loss, learning_rates
 
 SMALL = {"hidden_sizes": (32, 32), "dropout": 0.1, "T": 100}
 CLASSES = {"categorical": DTPMCategorical, "inverse_gamma": DTPMInverseGamma}
@@ -33,6 +33,7 @@ def test_paper_recipe_is_the_authors_settings():
     s = DTPMCategorical(recipe="paper").training_settings()
     assert (s["epochs"], s["batch_size"], s["lr"], s["weight_decay"]) == (400, 64, 1e-4, 5e-4)
     assert (s["schedule"], s["precision"], s["pipeline"]) == ("constant", "float32", "per_batch")
+    assert (s["t_sampling"], s["ig_weighting"]) == ("uniform", "none")
 
 
 @pytest.mark.parametrize("cls", [DTPMCategorical, DTPMInverseGamma])
@@ -130,3 +131,72 @@ def test_learning_rate_schedules():
     assert lr[(warmup - 1 + 199) // 2] == pytest.approx(5e-4, rel=0.02)
     with pytest.raises(ValueError, match="schedule must be one of"):
         learning_rates("linear", 1e-3, 10)
+
+
+def test_stratified_steps_cover_the_schedule_in_every_batch_with_a_uniform_marginal():
+    T = 400
+    for m in (1, 7, 64, 400, 512):
+        t = draw_steps(m, T, "stratified", torch.device("cpu"))
+        assert t.dtype == torch.int64 and t.shape == (m,)
+        assert int(t.min()) >= 0 and int(t.max()) <= T - 1
+        # one draw in each of the m slices: the i-th smallest lies in [floor(i T/m), floor((i+1) T/m)]
+        i = torch.arange(m, dtype=torch.float64)
+        ordered = torch.sort(t).values
+        assert torch.all(ordered >= torch.floor(i * T / m)) and torch.all(
+            ordered <= torch.floor((i + 1) * T / m)
+        )
+    # the marginal over many batches is uniform on 0..T-1 (chi-square, 399 dof, far below 600)
+    draws = torch.cat([draw_steps(64, T, "stratified", torch.device("cpu")) for _ in range(2000)])
+    counts = torch.bincount(draws, minlength=T).double()
+    expected = len(draws) / T
+    assert float(((counts - expected) ** 2 / expected).sum()) < 600
+    with pytest.raises(ValueError, match="t_sampling"):
+        draw_steps(4, T, "sobol", torch.device("cpu"))
+
+
+def test_sigma2_weighted_inverse_gamma_loss_has_the_arithmetic_mean_minimiser():
+    # For one input seen at several noise levels, the unweighted loss is minimised at
+    # beta = a / mean(1 / sigma2) (harmonic) and the sigma2-weighted one at a * mean(sigma2).
+    a = 9.5
+    sigma2 = torch.tensor([1e-4, 0.01, 0.3, 0.8], dtype=torch.float64)
+    s = torch.logspace(-3, 0.6, 4001, dtype=torch.float64)
+
+    def argmin(weighting):
+        losses = [float(inverse_gamma_loss(v.expand(4, 1), sigma2, a, weighting)) for v in s]
+        return float(s[int(np.argmin(losses))] ** 2)
+
+    assert argmin("none") == pytest.approx(a / float((1 / sigma2).mean()), rel=1e-2)
+    assert argmin("sigma2") == pytest.approx(a * float(sigma2.mean()), rel=1e-2)
+    with pytest.raises(ValueError, match="weighting"):
+        inverse_gamma_loss(s[:4, None], sigma2, a, "log")
+
+
+def test_fast_recipe_trains_the_inverse_gamma_model_with_the_weighted_loss():
+    s = DTPMInverseGamma(recipe="fast").training_settings()
+    assert (s["t_sampling"], s["ig_weighting"], s["lr"]) == ("stratified", "sigma2", 3e-3)
+
+
+@pytest.mark.parametrize(("n_rows", "batch"), [(100, 64), (450, 64), (1672, 209), (4096, 512), (60_000, 512)])
+def test_fast_recipe_takes_at_least_eight_steps_per_epoch(n_rows, batch):
+    settings = DTPMCategorical(recipe="fast").training_settings(n_rows=n_rows)
+    assert settings["batch_size"] == batch
+    assert -(-n_rows // batch) >= min(8, -(-n_rows // 64))
+    # a batch size the user gives wins; the paper recipe has no such rule
+    assert (
+        DTPMCategorical(recipe="fast", batch_size=100).training_settings(n_rows=n_rows)["batch_size"] == 100
+    )
+    assert DTPMCategorical(recipe="paper").training_settings(n_rows=n_rows)["batch_size"] == 64
+
+
+def test_fit_uses_the_batch_size_of_its_row_count(rows):
+    # 300 rows: the fast recipe's rule gives batches of 64. The fitted network is the one an
+    # explicit batch_size=64 gives, bit for bit, and not the one of batches of 512.
+    X_train, X_test = rows
+
+    def scores(**kw):
+        model = DTPMCategorical(recipe="fast", epochs=2, random_state=0, device="cpu", **SMALL, **kw)
+        return model.fit(X_train).decision_function(X_test)
+
+    by_rule = scores()
+    np.testing.assert_array_equal(by_rule, scores(batch_size=64))
+    assert not np.array_equal(by_rule, scores(batch_size=512))

@@ -47,10 +47,38 @@ def categorical_loss(
     return F.cross_entropy(outputs, target)
 
 
-def inverse_gamma_loss(outputs: torch.Tensor, sigma2_t: torch.Tensor, shape_a: float) -> torch.Tensor:
-    """Mean inverse-Gamma NLL of sigma2_t (up to beta-free terms) given outputs (n, 1), beta_hat = s^2."""
+def inverse_gamma_loss(
+    outputs: torch.Tensor, sigma2_t: torch.Tensor, shape_a: float, weighting: str = "none"
+) -> torch.Tensor:
+    """Mean inverse-Gamma NLL of sigma2_t (up to beta-free terms) given outputs (n, 1), beta_hat = s^2.
+
+    ``weighting="sigma2"`` multiplies each row's term by its sigma2_t (docs/METHOD.md section 4,
+    "fast recipe"): -[sigma2_t * a * log(beta_hat + 1e-5) - beta_hat]. Unweighted, a row's
+    gradient in beta_hat carries 1 / sigma2_t, which spans 1.2 to 10,000 over the schedule, so
+    the few rows drawn at small t dominate every step; weighted, every step size contributes
+    on one scale.
+    """
     beta = outputs[:, 0] ** 2
+    if weighting == "sigma2":
+        return -(sigma2_t * shape_a * torch.log(beta + IG_LOG_EPS) - beta).mean()
+    if weighting != "none":
+        raise ValueError(f"weighting must be one of {IG_WEIGHTINGS}, got {weighting!r}")
     return -(shape_a * torch.log(beta + IG_LOG_EPS) - beta / sigma2_t).mean()
+
+
+def draw_steps(m: int, T: int, sampling: str, device: torch.device) -> torch.Tensor:
+    """Diffusion steps for a batch of m rows, int64 in 0..T-1, each uniform over 0..T-1.
+
+    ``"uniform"``: independent draws. ``"stratified"``: row i of a random order takes one draw
+    from the i-th of m equal slices of [0, T), so every batch covers the whole schedule evenly
+    (the same uniform marginal per row, less variance per batch).
+    """
+    if sampling == "uniform":
+        return torch.randint(0, T, (m,), device=device)
+    if sampling != "stratified":
+        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {sampling!r}")
+    u = torch.randperm(m, device=device) + torch.rand(m, device=device)
+    return torch.clamp((u * (T / m)).long(), 0, T - 1)
 
 
 def make_optimizer(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
@@ -73,11 +101,14 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
 #:
 #: - ``"paper"``: the authors' settings, exactly: 400 epochs of batches of 64, Adam at a constant
 #:   lr of 1e-4, float32, noise and steps drawn batch by batch.
-#: - ``"fast"``: 200 epochs of batches of 512, Adam at a peak lr of 1e-3 with a linear warm-up over
-#:   the first 5% of the steps and a cosine decay to zero, matrix products in bfloat16 (``torch.autocast``; weights, optimizer state and loss stay
-#:   float32), and each epoch's permutation, steps and noise drawn in one call each before its
-#:   batches (no per-batch random-number or indexing work). See
-#:   studies/parametric_fast_recipe/README.md for the choice and its measured cost and quality.
+#: - ``"fast"``: 200 epochs of batches of 512 (smaller on few rows: at least 8 steps per epoch,
+#:   :func:`batch_size_for`), Adam at a peak lr of 3e-3 with a linear warm-up over
+#:   the first 5% of the steps and a cosine decay to zero, matrix products in bfloat16
+#:   (``torch.autocast``; weights, optimizer state and loss stay float32), each epoch's
+#:   permutation, steps and noise drawn before its batches (no per-batch random-number or
+#:   indexing work), steps stratified within each batch (:func:`draw_steps`) and, for DTE-IG, the
+#:   sigma2_t-weighted loss (:func:`inverse_gamma_loss`). See studies/parametric_step_budget/ and
+#:   studies/parametric_fast_recipe/ for the choice and its measured cost and quality.
 RECIPES: dict[str, dict] = {
     "paper": {
         "epochs": 400,
@@ -86,21 +117,43 @@ RECIPES: dict[str, dict] = {
         "schedule": "constant",
         "precision": "float32",
         "pipeline": "per_batch",
+        "t_sampling": "uniform",
+        "ig_weighting": "none",
+        "min_steps_per_epoch": None,
     },
     "fast": {
         "epochs": 200,
         "batch_size": 512,
-        "lr": 1e-3,
+        "lr": 3e-3,
         "schedule": "warmup_cosine",
         "precision": "bfloat16",
         "pipeline": "per_epoch",
+        "t_sampling": "stratified",
+        "ig_weighting": "sigma2",
+        "min_steps_per_epoch": 8,
     },
 }
 SCHEDULES = ("constant", "warmup_cosine")
 PRECISIONS = ("float32", "bfloat16")
 PIPELINES = ("per_batch", "per_epoch")
+T_SAMPLINGS = ("uniform", "stratified")
+IG_WEIGHTINGS = ("none", "sigma2")
 #: Share of the steps spent warming the learning rate up linearly in the "warmup_cosine" schedule.
 WARMUP_FRACTION = 0.05
+
+
+#: The smallest batch the ``min_steps_per_epoch`` rule takes (the authors' batch size).
+MIN_RULE_BATCH = 64
+
+
+def batch_size_for(n_rows: int, largest: int, min_steps_per_epoch: int) -> int:
+    """Rows per step so that an epoch over ``n_rows`` has at least ``min_steps_per_epoch`` steps.
+
+    min(largest, max(64, ceil(n_rows / min_steps_per_epoch))): ``largest`` on many rows; on few
+    rows the steps an epoch takes would otherwise fall to one or two (a 450-row training set
+    in batches of 512 trains 200 steps in 200 epochs, too few for the models to converge).
+    """
+    return int(min(largest, max(MIN_RULE_BATCH, -(-n_rows // min_steps_per_epoch))))
 
 
 def learning_rates(schedule: str, peak_lr: float, total_steps: int) -> np.ndarray:
@@ -141,6 +194,8 @@ def train_network(
     schedule: str = "constant",
     precision: str = "float32",
     pipeline: str = "per_batch",
+    t_sampling: str = "uniform",
+    ig_weighting: str = "none",
     progress: bool | None = None,
 ) -> np.ndarray:
     """Train ``net`` in place on standardised rows and return the per-epoch mean loss.
@@ -168,6 +223,11 @@ def train_network(
         and noise. ``"per_epoch"``: one permutation, one draw of n steps and one of n x d noise
         per epoch, the noised rows built in one pass, batches are contiguous slices of it. The
         same distribution; a different random stream.
+    t_sampling : {"uniform", "stratified"}
+        How each batch's steps are drawn, see :func:`draw_steps`.
+    ig_weighting : {"none", "sigma2"}
+        The inverse-Gamma loss's weighting, see :func:`inverse_gamma_loss` (unused by the
+        categorical model).
     progress : bool, optional
         Show epoch / loss / rows per second on stderr; None = only on a terminal.
 
@@ -180,6 +240,10 @@ def train_network(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
+    if ig_weighting not in IG_WEIGHTINGS:
+        raise ValueError(f"ig_weighting must be one of {IG_WEIGHTINGS}, got {ig_weighting!r}")
     device = X_std.device
     n, d = X_std.shape
     sigma2 = torch.as_tensor(ve_sigma2(T), dtype=torch.float32, device=device)
@@ -205,7 +269,7 @@ def train_network(
         if kind == "categorical":
             loss = categorical_loss(outputs, t, T, int(num_bins), categorical_loss_name)
         else:
-            loss = inverse_gamma_loss(outputs, sigma2[t], shape_a)
+            loss = inverse_gamma_loss(outputs, sigma2[t], shape_a, ig_weighting)
         if vary_lr:
             group["lr"] = float(rates[number])
         optimizer.zero_grad(set_to_none=True)
@@ -221,13 +285,21 @@ def train_network(
             if pipeline == "per_batch":
                 for idx in iter_minibatches(n, batch_size, shuffle=True, device=device):
                     x0 = X_std[idx]
-                    t = torch.randint(0, T, (idx.shape[0],), device=device)
+                    t = draw_steps(idx.shape[0], T, t_sampling, device)
                     x_t = x0 + sigma[t].unsqueeze(1) * torch.randn_like(x0)
                     total += step(x_t, t, number) * idx.shape[0]
                     number += 1
             else:
                 order = torch.randperm(n, device=device)
-                t_all = torch.randint(0, T, (n,), device=device)
+                if t_sampling == "uniform":
+                    t_all = torch.randint(0, T, (n,), device=device)
+                else:  # strata per batch, so that each batch covers the schedule
+                    t_all = torch.cat(
+                        [
+                            draw_steps(min(batch_size, n - start), T, t_sampling, device)
+                            for start in range(0, n, batch_size)
+                        ]
+                    )
                 noise = torch.randn(n, d, device=device)
                 x_all = torch.addcmul(X_std[order], sigma[t_all].unsqueeze(1), noise)
                 for start in range(0, n, batch_size):
