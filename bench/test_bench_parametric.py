@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma
 from dtpm_fast.parametric.export import load_exported
 from dtpm_fast.parametric.network import build_scorer
-from dtpm_fast.parametric.training import RECIPES, train_network
+from dtpm_fast.parametric.training import train_network
 
 D = 21
 #: Rows scored per benchmark call (the detector chunks them in 4096-row batches on the CPU).
@@ -104,7 +104,8 @@ def test_training_epoch_time(benchmark, kind, recipe):
     """One epoch of a recipe on a 6_cardio-sized training set; extra_info has the projected fit time."""
     X = torch.from_numpy(np.random.default_rng(2).standard_normal((CARDIO_TRAIN_ROWS, D), dtype=np.float32))
     module = build_scorer(kind, D, (256, 512, 256), 0.5, np.zeros(D), np.ones(D), num_bins=7)
-    r = RECIPES[recipe]
+    cls = DTPMCategorical if kind == "categorical" else DTPMInverseGamma
+    r = cls(recipe=recipe).training_settings(n_rows=CARDIO_TRAIN_ROWS)
 
     def one_epoch():
         with warnings.catch_warnings():
@@ -121,6 +122,8 @@ def test_training_epoch_time(benchmark, kind, recipe):
                 schedule=r["schedule"],
                 precision=r["precision"],
                 pipeline=r["pipeline"],
+                t_sampling=r["t_sampling"],
+                ig_weighting=r["ig_weighting"],
                 progress=False,
             )
 
