@@ -218,6 +218,37 @@ def test_faiss_blob_of_another_index_is_refused(files, tmp_path, kind, change):
     _load_fails(path, "index")
 
 
+def _length_field(blob: bytes, kind: str) -> int:
+    """Offset of the length of the IVF direct map / the HNSW neighbour lists in a saved index."""
+    from dtpm_fast.nonparametric import faiss_blob
+
+    reader = faiss_blob._Reader(blob)
+    reader.fourcc()
+    reader.index_header()
+    if kind == "np_ivf":
+        reader.take(16)
+        faiss_blob._flat(reader, "quantizer")
+        reader.u8()
+        return reader.at
+    for item in (8, 4, 4, 8):
+        reader.vector(item, "skipped")
+    return reader.at
+
+
+@pytest.mark.parametrize("kind", ["np_hnsw", "np_ivf"])
+@pytest.mark.parametrize("claimed", [2**36, 10**9, 2**40 - 1])
+def test_forged_faiss_array_length_is_refused_before_faiss_allocates(files, tmp_path, kind, claimed):
+    # A 2.5e9-entry direct map in a 2.7 kB blob (checksum recomputed) made FAISS zero-fill 20 GB
+    # for 37 s before failing; longer claims could exhaust the machine's memory.
+    def forge(state):
+        blob = bytearray(state["blobs"]["index"])
+        at = _length_field(bytes(blob), kind)
+        blob[at : at + 8] = struct.pack("<Q", claimed)
+        state["blobs"]["index"] = bytes(blob)
+
+    _load_fails(_rewrite_state(files["paths"][kind], tmp_path / "forged.dtpm", forge), "claims")
+
+
 def test_hnsw_blob_swapped_for_ivf_is_refused(files, tmp_path):
     ivf_blob = model_files.read(files["paths"]["np_ivf"])["blobs"]["index"]
     path = _rewrite_state(files["paths"]["np_hnsw"], tmp_path / "bad.dtpm", _set("blobs", "index", ivf_blob))

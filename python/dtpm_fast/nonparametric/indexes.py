@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from dtpm_fast.nonparametric import faiss_blob
+
 INDEX_PARAMS_HINT = "pass a dict such as {'M': 16} (index_params=None takes the defaults)"
 
 INDEX_KINDS = ("auto", "flat", "brute", "kdtree", "hnsw", "ivf")
@@ -388,6 +390,7 @@ def _faiss_from_bytes(data: bytes):
     blob = np.frombuffer(data, dtype=np.uint8)
     if blob.size < 4 or bytes(blob[:4]) not in (b"IHNf", b"IwFl"):
         raise ValueError("the saved index is not a FAISS HNSW or IVF index (unknown header)")
+    faiss_blob.check_lengths(data)  # before FAISS allocates what the lengths claim
     return _faiss_call("read the saved index (truncated or corrupted)", faiss.deserialize_index, blob)
 
 
