@@ -238,8 +238,8 @@ def _length_field(blob: bytes, kind: str) -> int:
 @pytest.mark.parametrize("kind", ["np_hnsw", "np_ivf"])
 @pytest.mark.parametrize("claimed", [2**36, 10**9, 2**40 - 1])
 def test_forged_faiss_array_length_is_refused_before_faiss_allocates(files, tmp_path, kind, claimed):
-    # A 2.5e9-entry direct map in a 2.7 kB blob (checksum recomputed) made FAISS zero-fill 20 GB
-    # for 37 s before failing; longer claims could exhaust the machine's memory.
+    # A 2.5e9-entry direct map in a 2.7 kB blob (checksum recomputed) asked FAISS for 20 GB and
+    # took 37 s before failing; longer claims could exhaust the machine's memory.
     def forge(state):
         blob = bytearray(state["blobs"]["index"])
         at = _length_field(bytes(blob), kind)
@@ -247,6 +247,18 @@ def test_forged_faiss_array_length_is_refused_before_faiss_allocates(files, tmp_
         state["blobs"]["index"] = bytes(blob)
 
     _load_fails(_rewrite_state(files["paths"][kind], tmp_path / "forged.dtpm", forge), "claims")
+
+
+@pytest.mark.parametrize("claimed", [10**9, 2**40 - 1])
+def test_forged_ivf_list_count_is_refused_before_faiss_allocates(files, tmp_path, claimed):
+    # FAISS allocates the inverted lists' containers from this count before reading any size.
+    def forge(state):
+        blob = bytearray(state["blobs"]["index"])
+        at = bytes(blob).rfind(b"ilar") + 4
+        blob[at : at + 8] = struct.pack("<Q", claimed)
+        state["blobs"]["index"] = bytes(blob)
+
+    _load_fails(_rewrite_state(files["paths"]["np_ivf"], tmp_path / "forged.dtpm", forge), "claim")
 
 
 def test_hnsw_blob_swapped_for_ivf_is_refused(files, tmp_path):

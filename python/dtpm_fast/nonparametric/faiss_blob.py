@@ -1,8 +1,8 @@
 """Bounds check of a saved FAISS index before FAISS reads it.
 
 FAISS's reader takes every array length from the blob and allocates (and zero-fills) that many
-elements before it reads them: a forged length in a few-kilobyte blob made it commit 20 GB and
-take 37 s before failing (studies/fuzz_model_files). :func:`check_lengths` walks the layout
+elements before it reads them: a forged length of 2.5e9 entries (20 GB) in a 2.7 kB blob made
+it take 37 s before failing (studies/fuzz_model_files). :func:`check_lengths` walks the layout
 dtpm_fast's two saved kinds have (HNSW-flat ``IHNf`` and IVF-flat ``IwFl``, each over a flat
 ``IxF2`` storage or quantizer) and refuses a length that claims more bytes than the blob has
 left. On a layout it does not recognise it stops checking and leaves the blob to FAISS, which
@@ -81,19 +81,23 @@ def _ivf(reader: _Reader) -> None:
     reader.index_header()
     reader.take(8 + 8)  # nlist, nprobe
     _flat(reader, "IVF quantizer")
-    if reader.u8() > 2:  # direct map type: none, array, hash table
+    direct_map = reader.u8()  # none, array, hash table
+    if direct_map > 2:
         raise _Unrecognised
-    position = reader.at - 1
     reader.vector(8, "IVF direct map")
-    if reader.data[position] == 2:
+    if direct_map == 2:
         reader.vector(16, "IVF direct map hash table")
     if reader.fourcc() != b"ilar":
         raise _Unrecognised
     nlist, code_size = reader.u64(), reader.u64()
     if reader.fourcc() != b"full":
         raise _Unrecognised
-    if reader.vector(8, "IVF list sizes") != nlist:
-        raise _Unrecognised
+    n_sizes = reader.vector(8, "IVF list sizes")
+    if n_sizes != nlist:  # FAISS allocates nlist lists before it reads their sizes
+        raise ValueError(
+            f"the saved index's inverted lists claim {nlist} lists but hold {n_sizes} sizes "
+            "(a forged or corrupted index)"
+        )
     reader.at -= 8 * nlist
     sizes = struct.unpack(f"<{nlist}Q", reader.take(8 * nlist))
     left = len(reader.data) - reader.at
