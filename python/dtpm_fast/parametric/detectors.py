@@ -139,7 +139,7 @@ class _ParametricDTPM(BaseDetector):
         from dtpm_fast.parametric.network import build_scorer
         from dtpm_fast.parametric.training import train_network
 
-        self.training_settings()  # checks the parameters before the data
+        self._check_params()  # before the data
         X = self._validate_rows(X, fitting=True)
         settings = self.training_settings(n_rows=X.shape[0])
         d = X.shape[1]
