@@ -10,19 +10,8 @@ import numpy as np
 import pytest
 
 import dtpm_fast
+from tiny_models import TINY_DDPM, TINY_NET
 
-TINY_NET = {"hidden_sizes": (8, 8, 8), "epochs": 1, "random_state": 0, "device": "cpu"}
-TINY_DDPM = {
-    "epochs": 1,
-    "width": 8,
-    "block_hidden": 8,
-    "time_width": 8,
-    "n_blocks": 1,
-    "reconstruction_steps": 3,
-    "T": 20,
-    "random_state": 0,
-    "device": "cpu",
-}
 KINDS = {
     "np": lambda: dtpm_fast.DTPMNonParametric(),
     "plus": lambda: dtpm_fast.DTPMMultiScale(n_neighbors=(1, 3)),

@@ -14,19 +14,7 @@ sklearn = pytest.importorskip("sklearn")
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
 import dtpm_fast
-
-TINY_NET = {"hidden_sizes": (8, 8, 8), "epochs": 1, "random_state": 0, "device": "cpu"}
-TINY_DDPM = {
-    "epochs": 1,
-    "width": 8,
-    "block_hidden": 8,
-    "time_width": 8,
-    "n_blocks": 1,
-    "reconstruction_steps": 3,
-    "T": 20,
-    "random_state": 0,
-    "device": "cpu",
-}
+from tiny_models import TINY_DDPM, TINY_NET
 
 
 def _detectors():
