@@ -124,6 +124,7 @@ def test_training_epoch_time(benchmark, kind, recipe):
                 pipeline=r["pipeline"],
                 t_sampling=r["t_sampling"],
                 ig_weighting=r["ig_weighting"],
+                backprop=r["backprop"],
                 progress=False,
             )
 

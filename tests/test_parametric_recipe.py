@@ -154,9 +154,10 @@ def test_stratified_steps_cover_the_schedule_in_every_batch_with_a_uniform_margi
         draw_steps(4, T, "sobol", torch.device("cpu"))
 
 
-def test_sigma2_weighted_inverse_gamma_loss_has_the_arithmetic_mean_minimiser():
+def test_weighted_inverse_gamma_losses_have_their_stated_minimisers():
     # For one input seen at several noise levels, the unweighted loss is minimised at
-    # beta = a / mean(1 / sigma2) (harmonic) and the sigma2-weighted one at a * mean(sigma2).
+    # beta = a / mean(1 / sigma2) (harmonic), the sigma-weighted one at a * mean(sigma) /
+    # mean(1 / sigma) and the sigma2-weighted one at a * mean(sigma2).
     a = 9.5
     sigma2 = torch.tensor([1e-4, 0.01, 0.3, 0.8], dtype=torch.float64)
     s = torch.logspace(-3, 0.6, 4001, dtype=torch.float64)
@@ -167,6 +168,8 @@ def test_sigma2_weighted_inverse_gamma_loss_has_the_arithmetic_mean_minimiser():
 
     assert argmin("none") == pytest.approx(a / float((1 / sigma2).mean()), rel=1e-2)
     assert argmin("sigma2") == pytest.approx(a * float(sigma2.mean()), rel=1e-2)
+    sigma = sigma2.sqrt()
+    assert argmin("sigma") == pytest.approx(a * float(sigma.mean() / (1 / sigma).mean()), rel=1e-2)
     with pytest.raises(ValueError, match="weighting"):
         inverse_gamma_loss(s[:4, None], sigma2, a, "log")
 
@@ -174,6 +177,10 @@ def test_sigma2_weighted_inverse_gamma_loss_has_the_arithmetic_mean_minimiser():
 def test_fast_recipe_trains_the_inverse_gamma_model_with_the_weighted_loss():
     s = DTPMInverseGamma(recipe="fast").training_settings()
     assert (s["t_sampling"], s["ig_weighting"], s["lr"]) == ("stratified", "sigma2", 3e-3)
+    assert (s["backprop"], DTPMInverseGamma(recipe="paper").training_settings()["backprop"]) == (
+        "manual",
+        "autograd",
+    )
 
 
 @pytest.mark.parametrize(("n_rows", "batch"), [(100, 64), (450, 64), (1672, 209), (4096, 512), (60_000, 512)])

@@ -46,6 +46,7 @@ def run(recipe: str, X: torch.Tensor, epochs: int) -> float:
         pipeline=r["pipeline"],
         t_sampling=r["t_sampling"],
         ig_weighting=r["ig_weighting"],
+        backprop=r["backprop"],
     )
     return (time.perf_counter() - start) / epochs * 1e3
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from dtpm_fast._torch_utils import ProgressReporter, iter_minibatches
 from dtpm_fast._validation import check_finite_loss
+from dtpm_fast.parametric import manual_backprop
 from dtpm_fast.parametric.network import inverse_gamma_shape
 from dtpm_fast.schedule import ve_sigma2
 
@@ -52,15 +53,22 @@ def inverse_gamma_loss(
 ) -> torch.Tensor:
     """Mean inverse-Gamma NLL of sigma2_t (up to beta-free terms) given outputs (n, 1), beta_hat = s^2.
 
-    ``weighting="sigma2"`` multiplies each row's term by its sigma2_t (docs/METHOD.md section 4,
-    "fast recipe"): -[sigma2_t * a * log(beta_hat + 1e-5) - beta_hat]. Unweighted, a row's
-    gradient in beta_hat carries 1 / sigma2_t, which spans 1.2 to 10,000 over the schedule, so
-    the few rows drawn at small t dominate every step; weighted, every step size contributes
-    on one scale.
+    Unweighted, a row's gradient in beta_hat is 1 / sigma2_t - a / beta_hat: its first term spans
+    1.2 to 10,000 over the schedule, so the few rows drawn at small t set the size of every step.
+    A weighting w(t) multiplies each row's term (docs/METHOD.md section 4, "fast recipe"):
+
+    - ``"sigma"``: w = sigma_t, -[sigma_t * a * log(beta_hat + 1e-5) - beta_hat / sigma_t]; the
+      span falls to its square root (~90) and the minimiser is a * E[sigma_t | x] / E[1/sigma_t | x],
+      between the unweighted a / E[1/sigma2_t | x] and the ``"sigma2"`` a * E[sigma2_t | x];
+    - ``"sigma2"``: w = sigma2_t, -[sigma2_t * a * log(beta_hat + 1e-5) - beta_hat]; every step size
+      on one scale.
     """
     beta = outputs[:, 0] ** 2
     if weighting == "sigma2":
         return -(sigma2_t * shape_a * torch.log(beta + IG_LOG_EPS) - beta).mean()
+    if weighting == "sigma":
+        sigma_t = torch.sqrt(sigma2_t)
+        return -(sigma_t * shape_a * torch.log(beta + IG_LOG_EPS) - beta / sigma_t).mean()
     if weighting != "none":
         raise ValueError(f"weighting must be one of {IG_WEIGHTINGS}, got {weighting!r}")
     return -(shape_a * torch.log(beta + IG_LOG_EPS) - beta / sigma2_t).mean()
@@ -106,9 +114,11 @@ def make_optimizer(params, lr: float, weight_decay: float, device: torch.device)
 #:   the first 5% of the steps and a cosine decay to zero, matrix products in bfloat16
 #:   (``torch.autocast``; weights, optimizer state and loss stay float32), each epoch's
 #:   permutation, steps and noise drawn before its batches (no per-batch random-number or
-#:   indexing work), steps stratified within each batch (:func:`draw_steps`) and, for DTE-IG, the
-#:   sigma2_t-weighted loss (:func:`inverse_gamma_loss`). See studies/parametric_step_budget/ and
-#:   studies/parametric_fast_recipe/ for the choice and its measured cost and quality.
+#:   indexing work), steps stratified within each batch (:func:`draw_steps`), for DTE-IG the
+#:   sigma2_t-weighted loss (:func:`inverse_gamma_loss`), and on the CPU the step with its backward
+#:   pass written out (:mod:`~dtpm_fast.parametric.manual_backprop`). See
+#:   studies/parametric_step_budget/ and studies/parametric_fast_recipe/ for the choice and its
+#:   measured cost and quality.
 RECIPES: dict[str, dict] = {
     "paper": {
         "epochs": 400,
@@ -120,6 +130,7 @@ RECIPES: dict[str, dict] = {
         "t_sampling": "uniform",
         "ig_weighting": "none",
         "min_steps_per_epoch": None,
+        "backprop": "autograd",
     },
     "fast": {
         "epochs": 200,
@@ -131,13 +142,15 @@ RECIPES: dict[str, dict] = {
         "t_sampling": "stratified",
         "ig_weighting": "sigma2",
         "min_steps_per_epoch": 8,
+        "backprop": "manual",
     },
 }
 SCHEDULES = ("constant", "warmup_cosine")
 PRECISIONS = ("float32", "bfloat16")
 PIPELINES = ("per_batch", "per_epoch")
 T_SAMPLINGS = ("uniform", "stratified")
-IG_WEIGHTINGS = ("none", "sigma2")
+IG_WEIGHTINGS = ("none", "sigma", "sigma2")
+BACKPROPS = ("autograd", "manual")
 #: Share of the steps spent warming the learning rate up linearly in the "warmup_cosine" schedule.
 WARMUP_FRACTION = 0.05
 
@@ -196,6 +209,7 @@ def train_network(
     pipeline: str = "per_batch",
     t_sampling: str = "uniform",
     ig_weighting: str = "none",
+    backprop: str = "autograd",
     progress: bool | None = None,
 ) -> np.ndarray:
     """Train ``net`` in place on standardised rows and return the per-epoch mean loss.
@@ -225,9 +239,13 @@ def train_network(
         same distribution; a different random stream.
     t_sampling : {"uniform", "stratified"}
         How each batch's steps are drawn, see :func:`draw_steps`.
-    ig_weighting : {"none", "sigma2"}
+    ig_weighting : {"none", "sigma", "sigma2"}
         The inverse-Gamma loss's weighting, see :func:`inverse_gamma_loss` (unused by the
         categorical model).
+    backprop : {"autograd", "manual"}
+        ``"manual"``: the step of :mod:`~dtpm_fast.parametric.manual_backprop` (the backward
+        pass written out, cheap dropout masks), where it applies (a ``build_mlp`` network on the
+        CPU); elsewhere, and with ``"autograd"``, ``loss.backward()`` under autocast.
     progress : bool, optional
         Show epoch / loss / rows per second on stderr; None = only on a terminal.
 
@@ -244,6 +262,8 @@ def train_network(
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
     if ig_weighting not in IG_WEIGHTINGS:
         raise ValueError(f"ig_weighting must be one of {IG_WEIGHTINGS}, got {ig_weighting!r}")
+    if backprop not in BACKPROPS:
+        raise ValueError(f"backprop must be one of {BACKPROPS}, got {backprop!r}")
     device = X_std.device
     n, d = X_std.shape
     sigma2 = torch.as_tensor(ve_sigma2(T), dtype=torch.float32, device=device)
@@ -261,17 +281,24 @@ def train_network(
     )
     reporter = ProgressReporter(epochs, label=f"DTPM {kind}", enabled=progress)
     history = np.empty(epochs, dtype=np.float64)
+    manual = None
+    if backprop == "manual" and manual_backprop.supports(net, device):
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        manual = manual_backprop.ManualBackpropStep(net, optimizer, dtype)
+
+    def loss_of(outputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if kind == "categorical":
+            return categorical_loss(outputs, t, T, int(num_bins), categorical_loss_name)
+        return inverse_gamma_loss(outputs, sigma2[t], shape_a, ig_weighting)
 
     def step(x_t: torch.Tensor, t: torch.Tensor, number: int) -> torch.Tensor:
-        with autocast:
-            outputs = net(x_t)
-        outputs = outputs.float()
-        if kind == "categorical":
-            loss = categorical_loss(outputs, t, T, int(num_bins), categorical_loss_name)
-        else:
-            loss = inverse_gamma_loss(outputs, sigma2[t], shape_a, ig_weighting)
         if vary_lr:
             group["lr"] = float(rates[number])
+        if manual is not None:
+            return manual(x_t, lambda outputs: loss_of(outputs, t))
+        with autocast:
+            outputs = net(x_t)
+        loss = loss_of(outputs.float(), t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
