@@ -143,3 +143,31 @@ def test_manual_training_is_a_function_of_the_seed_and_learns():
     assert np.array_equal(h1, h2) and all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
     assert not np.array_equal(h1, h3)
     assert h1[-5:].mean() < h1[:5].mean()
+
+
+def test_direct_fused_adam_updates_as_torch_adam_does():
+    torch.manual_seed(2)
+    nets = [build_mlp(5, (16, 32), 3, 0.0) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=5e-4, fused=True) for net in nets]
+    direct = manual_backprop.DirectFusedAdam.of(optimizers[1])
+    assert direct is not None
+    for step in range(6):
+        grads = [torch.randn_like(p) for p in nets[0].parameters()]
+        for net, optimizer in zip(nets, optimizers, strict=True):
+            optimizer.param_groups[0]["lr"] = 1e-3 * (step + 1)  # a schedule writes it here
+            for p, g in zip(net.parameters(), grads, strict=True):
+                p.grad = g.clone()
+        optimizers[0].step()
+        direct.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_direct_fused_adam_is_only_taken_for_a_fused_plain_adam():
+    params = list(build_mlp(4, (8,), 1, 0.0).parameters())
+    assert manual_backprop.DirectFusedAdam.of(torch.optim.SGD(params, lr=0.1)) is None
+    assert manual_backprop.DirectFusedAdam.of(torch.optim.Adam(params, lr=0.1)) is None  # not fused
+    assert (
+        manual_backprop.DirectFusedAdam.of(torch.optim.Adam(params, lr=0.1, fused=True, amsgrad=True)) is None
+    )
