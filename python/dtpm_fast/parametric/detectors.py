@@ -382,8 +382,8 @@ _COMMON_PARAMS_DOC = """
         to 512 (at least 8 steps per epoch), Adam peaking at 3e-3 with 5% linear warm-up and
         cosine decay, bfloat16 matrix products, steps stratified per batch, for DTE-IG a
         sigma2-weighted loss, and on the CPU a step with its backward pass written out
-        (docs/METHOD.md section 4). On the 22-data-set study it trains 5.0x faster in total
-        (1.7-2.2x on ~500 rows, 8-10x on 5,000-6,000), DTE-C within 0.3 AUC-ROC of the paper
+        (docs/METHOD.md section 4). On the 22-data-set study it trains 5.1x faster in total
+        (about 2x on ~500 rows, 9-10x on 5,000-6,000), DTE-C within 0.3 AUC-ROC of the paper
         recipe and DTE-IG 3.2 points above it, but three data sets fall below the paper's
         floor, so it is not the default (studies/parametric_manual_backprop/README.md).
         Models saved before this parameter existed load as ``"paper"``.

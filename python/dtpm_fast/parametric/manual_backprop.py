@@ -14,6 +14,9 @@ of form, not of distribution:
 - the ReLU and dropout derivatives are one ``threshold_backward`` on the kept activation (an
   activation is positive exactly when its pre-activation was positive and it was kept).
 
+The update is Adam's fused kernel called directly (:class:`DirectFusedAdam`) when the optimizer is
+a fused Adam, the same update without ``Optimizer.step``'s per-call Python work.
+
 The gradient of the loss with respect to the network's output comes from autograd on the output
 alone, so the loss functions are written once (``training.categorical_loss``,
 ``training.inverse_gamma_loss``). ``tests/test_manual_backprop.py`` checks the gradients against
