@@ -57,7 +57,8 @@ class ManualBackpropStep:
         Linear, ReLU and UniformMaskDropout layers as :func:`network.build_mlp` builds them
         (check with :func:`supports`). Its parameters stay float32 and are updated in place.
     optimizer : torch.optim.Optimizer
-        Over ``net``'s parameters; the step writes their ``.grad`` and calls ``optimizer.step()``.
+        Over ``net``'s parameters; the step writes their ``.grad``, then updates them with
+        :class:`DirectFusedAdam` when the optimizer is a fused Adam, else ``optimizer.step()``.
     dtype : torch.bfloat16 or torch.float32
         Type of the matrix products and activations (float32: for checking against autograd).
     """
