@@ -56,7 +56,7 @@ def test_float32_gradients_equal_autograd_on_the_same_masks(kind, dropout):
         return inverse_gamma_loss(out, sigma2, 1.5, "sigma2")
 
     net.train()
-    step = manual_backprop.ManualBackpropStep(net, torch.optim.SGD(net.parameters(), lr=0.0), torch.float32)
+    step = manual_backprop.ManualBackpropStep(net, torch.float32)
     torch.manual_seed(11)
     loss = step(x, loss_of)
     manual = _grads(net)
@@ -80,7 +80,7 @@ def test_bfloat16_gradients_match_autograd_under_autocast_to_bfloat16_precision(
         return inverse_gamma_loss(out, sigma2, 2.0, "sigma2")
 
     net.train()
-    step = manual_backprop.ManualBackpropStep(net, torch.optim.SGD(net.parameters(), lr=0.0), torch.bfloat16)
+    step = manual_backprop.ManualBackpropStep(net, torch.bfloat16)
     step(x, loss_of)
     manual = _grads(net)
     net.zero_grad()
@@ -95,7 +95,7 @@ def test_bfloat16_gradients_match_autograd_under_autocast_to_bfloat16_precision(
 def test_dropout_half_keeps_half_the_entries_and_other_rates_their_share():
     torch.manual_seed(0)
     net = build_mlp(4, (8, 8), 1, 0.5)
-    step = manual_backprop.ManualBackpropStep(net, torch.optim.SGD(net.parameters(), lr=0.0), torch.bfloat16)
+    step = manual_backprop.ManualBackpropStep(net, torch.bfloat16)
     a = torch.ones(400, 500, dtype=torch.bfloat16)
     kept = float((step._drop(a, 0.5) > 0).float().mean())
     assert abs(kept - 0.5) < 0.005  # 200,000 draws: 5 standard deviations is 0.0056
@@ -143,31 +143,3 @@ def test_manual_training_is_a_function_of_the_seed_and_learns():
     assert np.array_equal(h1, h2) and all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
     assert not np.array_equal(h1, h3)
     assert h1[-5:].mean() < h1[:5].mean()
-
-
-def test_direct_fused_adam_updates_as_torch_adam_does():
-    torch.manual_seed(2)
-    nets = [build_mlp(5, (16, 32), 3, 0.0) for _ in range(2)]
-    nets[1].load_state_dict(nets[0].state_dict())
-    optimizers = [torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=5e-4, fused=True) for net in nets]
-    direct = manual_backprop.DirectFusedAdam.of(optimizers[1])
-    assert direct is not None
-    for step in range(6):
-        grads = [torch.randn_like(p) for p in nets[0].parameters()]
-        for net, optimizer in zip(nets, optimizers, strict=True):
-            optimizer.param_groups[0]["lr"] = 1e-3 * (step + 1)  # a schedule writes it here
-            for p, g in zip(net.parameters(), grads, strict=True):
-                p.grad = g.clone()
-        optimizers[0].step()
-        direct.step()
-    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
-        assert torch.equal(a, b)
-
-
-def test_direct_fused_adam_is_only_taken_for_a_fused_plain_adam():
-    params = list(build_mlp(4, (8,), 1, 0.0).parameters())
-    assert manual_backprop.DirectFusedAdam.of(torch.optim.SGD(params, lr=0.1)) is None
-    assert manual_backprop.DirectFusedAdam.of(torch.optim.Adam(params, lr=0.1)) is None  # not fused
-    assert (
-        manual_backprop.DirectFusedAdam.of(torch.optim.Adam(params, lr=0.1, fused=True, amsgrad=True)) is None
-    )

@@ -21,7 +21,8 @@ from sklearn.metrics import roc_auc_score
 from dtpm_fast._torch_utils import iter_minibatches
 from dtpm_fast.evaluation.protocol import load_dataset, prepare_split
 from dtpm_fast.parametric.network import build_mlp
-from dtpm_fast.parametric.training import categorical_loss, make_optimizer
+from dtpm_fast.parametric.optimizer import make_optimizer
+from dtpm_fast.parametric.training import categorical_loss
 from dtpm_fast.schedule import ve_sigma2
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench" / "Classical"

@@ -14,8 +14,8 @@ of form, not of distribution:
 - the ReLU and dropout derivatives are one ``threshold_backward`` on the kept activation (an
   activation is positive exactly when its pre-activation was positive and it was kept).
 
-The update is Adam's fused kernel called directly (:class:`DirectFusedAdam`) when the optimizer is
-a fused Adam, the same update without ``Optimizer.step``'s per-call Python work.
+The step writes the parameters' gradients; the training loop applies the update
+(:func:`~dtpm_fast.parametric.optimizer.adam_update`), as it does after ``loss.backward()``.
 
 The gradient of the loss with respect to the network's output comes from autograd on the output
 alone, so the loss functions are written once (``training.categorical_loss``,
@@ -49,21 +49,18 @@ def supports(net: nn.Module, device: torch.device) -> bool:
 
 
 class ManualBackpropStep:
-    """Forward, backward and optimizer step of a ``build_mlp`` network, products in ``dtype``.
+    """Forward and backward pass of a ``build_mlp`` network, products in ``dtype``.
 
     Parameters
     ----------
     net : nn.Sequential
         Linear, ReLU and UniformMaskDropout layers as :func:`network.build_mlp` builds them
-        (check with :func:`supports`). Its parameters stay float32 and are updated in place.
-    optimizer : torch.optim.Optimizer
-        Over ``net``'s parameters; the step writes their ``.grad``, then updates them with
-        :class:`DirectFusedAdam` when the optimizer is a fused Adam, else ``optimizer.step()``.
+        (check with :func:`supports`). Its parameters stay float32; a call writes their ``.grad``.
     dtype : torch.bfloat16 or torch.float32
         Type of the matrix products and activations (float32: for checking against autograd).
     """
 
-    def __init__(self, net: nn.Sequential, optimizer: torch.optim.Optimizer, dtype: torch.dtype) -> None:
+    def __init__(self, net: nn.Sequential, dtype: torch.dtype) -> None:
         self.linears: list[nn.Linear] = [layer for layer in net if isinstance(layer, nn.Linear)]
         # dropout_p[i]: the dropout after hidden layer i (0.0 when none), from the layer order.
         self.dropout_p: list[float] = []
@@ -72,8 +69,6 @@ class ManualBackpropStep:
                 self.dropout_p.append(0.0)
             elif isinstance(layer, UniformMaskDropout):
                 self.dropout_p[-1] = layer.p
-        self.optimizer = optimizer
-        self.adam = DirectFusedAdam.of(optimizer)
         self.dtype = dtype
         # The weights in ``dtype``, refreshed into the same buffers each step.
         self.low_weights = [torch.empty_like(layer.weight, dtype=dtype) for layer in self.linears]
@@ -93,7 +88,7 @@ class ManualBackpropStep:
     def __call__(
         self, x: torch.Tensor, loss_of_output: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """One step on the float32 batch ``x``; returns the detached float32 loss.
+        """Gradients of the loss on the float32 batch ``x`` into ``.grad``; returns the detached loss.
 
         ``loss_of_output`` maps the network's float32 output (m, n_outputs) to the scalar loss.
         """
@@ -135,62 +130,4 @@ class ManualBackpropStep:
             layer.weight.grad = torch.mm(d.t(), a).float()
             if i > 0:
                 d = torch.ops.aten.threshold_backward(torch.mm(d, weights[i]), a, 0)
-        if self.adam is not None:
-            self.adam.step()
-        else:
-            self.optimizer.step()
         return loss.detach()
-
-
-class DirectFusedAdam:
-    """The update of a fused ``torch.optim.Adam``, without ``Optimizer.step``'s own work.
-
-    ``Optimizer.step`` spends about as long in Python (hooks, regrouping the tensors by device
-    and type) as the fused kernel takes for the 265,000 weights of the default network: ~0.1 ms
-    of a ~1.7 ms step at 64 rows. This calls the same kernel with the tensor lists built once;
-    the learning rate is read from the optimizer's parameter group at every step, so a schedule
-    that writes it there applies. Its own moment estimates start at zero, as Adam's do.
-    ``tests/test_manual_backprop.py`` checks it against ``torch.optim.Adam(fused=True)``.
-    """
-
-    def __init__(self, group: dict) -> None:
-        self.group = group
-        self.params: list[torch.Tensor] = list(group["params"])
-        self.exp_avgs = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32) for _ in self.params]
-
-    @classmethod
-    def of(cls, optimizer: torch.optim.Optimizer) -> DirectFusedAdam | None:
-        """The direct update for a fused, plain Adam over CPU tensors, else None (use ``step()``)."""
-        if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
-            return None
-        group = optimizer.param_groups[0]
-        plain = not (
-            group["amsgrad"] or group["maximize"] or group.get("capturable") or group.get("differentiable")
-        )
-        on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in group["params"])
-        if not (group.get("fused") and plain and on_cpu and hasattr(torch, "_fused_adam_")):
-            return None
-        return cls(group)
-
-    def step(self) -> None:
-        """One Adam update of the parameters from their ``.grad``."""
-        group = self.group
-        beta1, beta2 = group["betas"]
-        torch._foreach_add_(self.steps, 1)
-        torch._fused_adam_(
-            self.params,
-            [p.grad for p in self.params],
-            self.exp_avgs,
-            self.exp_avg_sqs,
-            [],
-            self.steps,
-            amsgrad=False,
-            lr=float(group["lr"]),
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=False,
-        )

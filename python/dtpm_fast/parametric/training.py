@@ -23,6 +23,7 @@ from dtpm_fast._torch_utils import ProgressReporter, iter_minibatches
 from dtpm_fast._validation import check_finite_loss
 from dtpm_fast.parametric import manual_backprop
 from dtpm_fast.parametric.network import inverse_gamma_shape
+from dtpm_fast.parametric.optimizer import adam_update, make_optimizer
 from dtpm_fast.schedule import ve_sigma2
 
 #: Guards log(0) when the network predicts beta_hat = 0 (the authors' constant).
@@ -87,19 +88,6 @@ def draw_steps(m: int, T: int, sampling: str, device: torch.device) -> torch.Ten
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {sampling!r}")
     u = torch.randperm(m, device=device) + torch.rand(m, device=device)
     return torch.clamp((u * (T / m)).long(), 0, T - 1)
-
-
-def make_optimizer(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with L2 weight decay (the authors' optimiser); the fused kernel where torch has one.
-
-    The fused implementation computes the same update ~2x faster on small MLPs (one kernel
-    instead of a loop over parameters); older torch versions lack it on CPU.
-    """
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 #: The two training recipes (docs/METHOD.md section 4 for "paper"). A recipe supplies the values of
@@ -272,6 +260,7 @@ def train_network(
     steps_per_epoch = -(-n // batch_size)
     rates = learning_rates(schedule, lr, epochs * steps_per_epoch)
     optimizer = make_optimizer(net.parameters(), lr, weight_decay, device)
+    update = adam_update(optimizer)
     group = optimizer.param_groups[0]
     vary_lr = schedule != "constant"
     autocast = (
@@ -284,7 +273,7 @@ def train_network(
     manual = None
     if backprop == "manual" and manual_backprop.supports(net, device):
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        manual = manual_backprop.ManualBackpropStep(net, optimizer, dtype)
+        manual = manual_backprop.ManualBackpropStep(net, dtype)
 
     def loss_of(outputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if kind == "categorical":
@@ -295,13 +284,14 @@ def train_network(
         if vary_lr:
             group["lr"] = float(rates[number])
         if manual is not None:
-            return manual(x_t, lambda outputs: loss_of(outputs, t))
-        with autocast:
-            outputs = net(x_t)
-        loss = loss_of(outputs.float(), t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            loss = manual(x_t, lambda outputs: loss_of(outputs, t))
+        else:
+            with autocast:
+                outputs = net(x_t)
+            loss = loss_of(outputs.float(), t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        update()
         return loss.detach()
 
     net.train()
