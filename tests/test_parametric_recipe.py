@@ -13,7 +13,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dtpm_fast.parametric.detectors import DTPMCategorical, DTPMInverseGamma
-from dtpm_fast.parametric.training import RECIPES, draw_steps, inverse_gamma_loss, learning_rates
+from dtpm_fast.parametric.training import (
+    RECIPES,
+    draw_steps,
+    inverse_gamma_loss,
+    learning_rates,
+    step_proposal,
+)
+from dtpm_fast.schedule import ve_sigma2
 
 SMALL = {"hidden_sizes": (32, 32), "dropout": 0.1, "T": 100}
 CLASSES = {"categorical": DTPMCategorical, "inverse_gamma": DTPMInverseGamma}
@@ -174,9 +181,57 @@ def test_weighted_inverse_gamma_losses_have_their_stated_minimisers():
         inverse_gamma_loss(s[:4, None], sigma2, a, "log")
 
 
-def test_fast_recipe_trains_the_inverse_gamma_model_with_the_weighted_loss():
+def test_importance_steps_follow_their_proposal_uniform_and_stratified():
+    T = 300
+    sigma2 = torch.as_tensor(ve_sigma2(T), dtype=torch.float32)
+    assert step_proposal("sigma2", sigma2) is None and step_proposal("none", sigma2) is None
+    cdf = step_proposal("importance", sigma2)
+    q = torch.diff(cdf.double(), prepend=torch.zeros(1, dtype=torch.float64))
+    expected_q = 1 / sigma2.double().sqrt() / float((1 / sigma2.double().sqrt()).sum())
+    assert torch.allclose(q, expected_q, atol=1e-6) and float(cdf[-1]) == 1.0
+    for sampling in ("uniform", "stratified"):
+        draws = torch.cat([draw_steps(64, T, sampling, torch.device("cpu"), cdf) for _ in range(3000)])
+        assert int(draws.min()) >= 0 and int(draws.max()) <= T - 1
+        counts = torch.bincount(draws, minlength=T).double()
+        expected = len(draws) * q
+        # chi-square with 299 dof: mean 299, sd ~24; a wrong proposal gives tens of thousands
+        assert float(((counts - expected) ** 2 / expected).sum()) < 450, sampling
+    # stratified: the i-th smallest of m draws lies in the i-th slice of probability
+    m = 50
+    t = torch.sort(draw_steps(m, T, "stratified", torch.device("cpu"), cdf)).values
+    i = torch.arange(m, dtype=torch.float64)
+    below = torch.where(t > 0, cdf.double()[(t - 1).clamp(min=0)], torch.zeros(m, dtype=torch.float64))
+    assert torch.all(below <= (i + 1) / m + 1e-6) and torch.all(cdf.double()[t] >= i / m - 1e-6)
+
+
+def test_importance_sampled_loss_has_the_unweighted_expectation_and_minimiser():
+    # E over t ~ q (q proportional to 1 / sigma_t) of the importance terms equals the uniform
+    # expectation of the unweighted loss times T / sum(1 / sigma), for every beta: the minimiser
+    # is the unweighted one, a / mean(1 / sigma2), not the sigma-weighted loss's.
+    T, a = 100, 4.0
+    sigma2 = torch.as_tensor(ve_sigma2(T), dtype=torch.float64)
+    q = torch.diff(step_proposal("importance", sigma2).double(), prepend=torch.zeros(1, dtype=torch.float64))
+    q = q / q.sum()
+    scale = T / float((1 / sigma2.sqrt()).sum())
+    s = torch.logspace(-2, 0.3, 401, dtype=torch.float64)
+    importance, unweighted = [], []
+    for v in s:
+        out = v.expand(T, 1)
+        per_step_imp = torch.stack(
+            [inverse_gamma_loss(out[:1], sigma2[k : k + 1], a, "importance") for k in range(T)]
+        )
+        importance.append(float((q * per_step_imp).sum()))
+        unweighted.append(float(inverse_gamma_loss(out, sigma2, a, "none")))
+    assert np.allclose(importance, scale * np.array(unweighted), rtol=1e-4)
+    best = float(s[int(np.argmin(importance))] ** 2)
+    assert best == pytest.approx(a / float((1 / sigma2).mean()), rel=3e-2)
+    sigma = sigma2.sqrt()
+    assert abs(best / (a * float(sigma.mean() / (1 / sigma).mean())) - 1) > 0.2
+
+
+def test_fast_recipe_trains_the_inverse_gamma_model_with_the_importance_sampled_loss():
     s = DTPMInverseGamma(recipe="fast").training_settings()
-    assert (s["t_sampling"], s["ig_weighting"], s["lr"]) == ("stratified", "sigma2", 3e-3)
+    assert (s["t_sampling"], s["ig_weighting"], s["lr"]) == ("stratified", "importance", 3e-3)
     assert (s["backprop"], DTPMInverseGamma(recipe="paper").training_settings()["backprop"]) == (
         "manual",
         "autograd",

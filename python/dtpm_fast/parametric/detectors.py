@@ -95,7 +95,7 @@ class _ParametricDTPM(BaseDetector):
             Keys ``recipe``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``schedule``
             ("constant" or "warmup_cosine"), ``precision`` ("float32" or "bfloat16"),
             ``pipeline`` ("per_batch" or "per_epoch"), ``t_sampling`` ("uniform" or
-            "stratified"), ``ig_weighting`` ("none", "sigma" or "sigma2"), ``min_steps_per_epoch``
+            "stratified"), ``ig_weighting`` ("none", "sigma", "sigma2" or "importance"), ``min_steps_per_epoch``
             (None, or the fewest optimizer steps an epoch takes) and ``backprop``
             ("autograd" or "manual").
         """
@@ -380,12 +380,13 @@ _COMMON_PARAMS_DOC = """
         ``"paper"``: the authors' recipe exactly (400 epochs, batches of 64, Adam at a constant
         lr of 1e-4, float32), to reproduce the paper. ``"fast"``: 200 epochs of batches of up
         to 512 (at least 8 steps per epoch), Adam peaking at 3e-3 with 5% linear warm-up and
-        cosine decay, bfloat16 matrix products, steps stratified per batch, for DTE-IG a
-        sigma2-weighted loss, and on the CPU a step with its backward pass written out
-        (docs/METHOD.md section 4). On the 22-data-set study it trains 5.1x faster in total
-        (about 2x on ~500 rows, 9-10x on 5,000-6,000), DTE-C within 0.3 AUC-ROC of the paper
-        recipe and DTE-IG 3.2 points above it, but three data sets fall below the paper's
-        floor, so it is not the default (studies/parametric_manual_backprop/README.md).
+        cosine decay, bfloat16 matrix products, steps stratified per batch, for DTE-IG the
+        authors' loss importance-sampled over the steps, and on the CPU a step with its
+        backward pass written out (docs/METHOD.md section 4). On the 22-data-set study it
+        trains 4.8x faster in total (about 2x on ~500 rows, 9-10x on 5,000-6,000), DTE-C within
+        0.3 AUC-ROC of the paper recipe and DTE-IG 2.8 points above it, but two data sets fall
+        below the paper's floor, so it is not the default
+        (studies/parametric_importance_sampling/README.md).
         Models saved before this parameter existed load as ``"paper"``.
     epochs : int, optional
         Passes over the training rows; None = the recipe's.

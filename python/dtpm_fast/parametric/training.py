@@ -63,11 +63,16 @@ def inverse_gamma_loss(
       between the unweighted a / E[1/sigma2_t | x] and the ``"sigma2"`` a * E[sigma2_t | x];
     - ``"sigma2"``: w = sigma2_t, -[sigma2_t * a * log(beta_hat + 1e-5) - beta_hat]; every step size
       on one scale.
+    - ``"importance"``: the ``"sigma"`` terms, for steps drawn with probability proportional to
+      1 / sigma_t (:func:`step_proposal`, which the training loop applies): importance sampling of
+      the unweighted loss. Its expectation is the unweighted loss's up to a constant factor, so
+      the minimiser is the unweighted one, a / E[1/sigma2_t | x]; the spread of the terms is that
+      of ``"sigma"``.
     """
     beta = outputs[:, 0] ** 2
     if weighting == "sigma2":
         return -(sigma2_t * shape_a * torch.log(beta + IG_LOG_EPS) - beta).mean()
-    if weighting == "sigma":
+    if weighting in ("sigma", "importance"):
         sigma_t = torch.sqrt(sigma2_t)
         return -(sigma_t * shape_a * torch.log(beta + IG_LOG_EPS) - beta / sigma_t).mean()
     if weighting != "none":
@@ -75,19 +80,45 @@ def inverse_gamma_loss(
     return -(shape_a * torch.log(beta + IG_LOG_EPS) - beta / sigma2_t).mean()
 
 
-def draw_steps(m: int, T: int, sampling: str, device: torch.device) -> torch.Tensor:
+def draw_steps(
+    m: int, T: int, sampling: str, device: torch.device, cdf: torch.Tensor | None = None
+) -> torch.Tensor:
     """Diffusion steps for a batch of m rows, int64 in 0..T-1, each uniform over 0..T-1.
 
     ``"uniform"``: independent draws. ``"stratified"``: row i of a random order takes one draw
     from the i-th of m equal slices of [0, T), so every batch covers the whole schedule evenly
     (the same uniform marginal per row, less variance per batch).
+
+    ``cdf`` (shape (T,), non-decreasing, last entry 1): draw each step from that distribution
+    instead of the uniform one (P(t = k) = cdf[k] - cdf[k - 1]); stratified draws then take
+    one point per equal slice of its probability, through the inverse of ``cdf``.
     """
-    if sampling == "uniform":
-        return torch.randint(0, T, (m,), device=device)
-    if sampling != "stratified":
+    if sampling not in T_SAMPLINGS:
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {sampling!r}")
-    u = torch.randperm(m, device=device) + torch.rand(m, device=device)
-    return torch.clamp((u * (T / m)).long(), 0, T - 1)
+    if cdf is None:
+        if sampling == "uniform":
+            return torch.randint(0, T, (m,), device=device)
+        u = torch.randperm(m, device=device) + torch.rand(m, device=device)
+        return torch.clamp((u * (T / m)).long(), 0, T - 1)
+    if sampling == "uniform":
+        u = torch.rand(m, device=device)
+    else:
+        u = (torch.randperm(m, device=device) + torch.rand(m, device=device)) / m
+    return torch.clamp(torch.searchsorted(cdf, u, right=True), 0, T - 1)
+
+
+def step_proposal(weighting: str, sigma2: torch.Tensor) -> torch.Tensor | None:
+    """Cumulative distribution of the steps the inverse-Gamma loss ``weighting`` trains on.
+
+    None (uniform steps) for every weighting but ``"importance"``, whose steps are drawn with
+    probability proportional to 1 / sigma_t (float64 sums, returned as float32, last entry 1).
+    """
+    if weighting != "importance":
+        return None
+    density = 1.0 / torch.sqrt(sigma2.double())
+    cdf = torch.cumsum(density, 0) / density.sum()
+    cdf[-1] = 1.0
+    return cdf.float()
 
 
 #: The two training recipes (docs/METHOD.md section 4 for "paper"). A recipe supplies the values of
@@ -103,7 +134,8 @@ def draw_steps(m: int, T: int, sampling: str, device: torch.device) -> torch.Ten
 #:   (``torch.autocast``; weights, optimizer state and loss stay float32), each epoch's
 #:   permutation, steps and noise drawn before its batches (no per-batch random-number or
 #:   indexing work), steps stratified within each batch (:func:`draw_steps`), for DTE-IG the
-#:   sigma2_t-weighted loss (:func:`inverse_gamma_loss`), and on the CPU the step with its backward
+#:   authors' loss importance-sampled over the steps (``"importance"`` in
+#:   :func:`inverse_gamma_loss`), and on the CPU the step with its backward
 #:   pass written out (:mod:`~dtpm_fast.parametric.manual_backprop`). See
 #:   studies/parametric_step_budget/ and studies/parametric_fast_recipe/ for the choice and its
 #:   measured cost and quality.
@@ -128,7 +160,7 @@ RECIPES: dict[str, dict] = {
         "precision": "bfloat16",
         "pipeline": "per_epoch",
         "t_sampling": "stratified",
-        "ig_weighting": "sigma2",
+        "ig_weighting": "importance",
         "min_steps_per_epoch": 8,
         "backprop": "manual",
     },
@@ -137,7 +169,7 @@ SCHEDULES = ("constant", "warmup_cosine")
 PRECISIONS = ("float32", "bfloat16")
 PIPELINES = ("per_batch", "per_epoch")
 T_SAMPLINGS = ("uniform", "stratified")
-IG_WEIGHTINGS = ("none", "sigma", "sigma2")
+IG_WEIGHTINGS = ("none", "sigma", "sigma2", "importance")
 BACKPROPS = ("autograd", "manual")
 #: Share of the steps spent warming the learning rate up linearly in the "warmup_cosine" schedule.
 WARMUP_FRACTION = 0.05
@@ -227,9 +259,9 @@ def train_network(
         same distribution; a different random stream.
     t_sampling : {"uniform", "stratified"}
         How each batch's steps are drawn, see :func:`draw_steps`.
-    ig_weighting : {"none", "sigma", "sigma2"}
+    ig_weighting : {"none", "sigma", "sigma2", "importance"}
         The inverse-Gamma loss's weighting, see :func:`inverse_gamma_loss` (unused by the
-        categorical model).
+        categorical model); ``"importance"`` also draws the steps from :func:`step_proposal`.
     backprop : {"autograd", "manual"}
         ``"manual"``: the step of :mod:`~dtpm_fast.parametric.manual_backprop` (the backward
         pass written out, cheap dropout masks), where it applies (a ``build_mlp`` network on the
@@ -294,6 +326,8 @@ def train_network(
         update()
         return loss.detach()
 
+    # The inverse-Gamma loss's step distribution; None = uniform (every categorical fit).
+    cdf = step_proposal(ig_weighting, sigma2) if kind == "inverse_gamma" else None
     net.train()
     number = 0
     try:
@@ -302,18 +336,18 @@ def train_network(
             if pipeline == "per_batch":
                 for idx in iter_minibatches(n, batch_size, shuffle=True, device=device):
                     x0 = X_std[idx]
-                    t = draw_steps(idx.shape[0], T, t_sampling, device)
+                    t = draw_steps(idx.shape[0], T, t_sampling, device, cdf)
                     x_t = x0 + sigma[t].unsqueeze(1) * torch.randn_like(x0)
                     total += step(x_t, t, number) * idx.shape[0]
                     number += 1
             else:
                 order = torch.randperm(n, device=device)
                 if t_sampling == "uniform":
-                    t_all = torch.randint(0, T, (n,), device=device)
+                    t_all = draw_steps(n, T, t_sampling, device, cdf)
                 else:  # strata per batch, so that each batch covers the schedule
                     t_all = torch.cat(
                         [
-                            draw_steps(min(batch_size, n - start), T, t_sampling, device)
+                            draw_steps(min(batch_size, n - start), T, t_sampling, device, cdf)
                             for start in range(0, n, batch_size)
                         ]
                     )
