@@ -379,11 +379,11 @@ _COMMON_PARAMS_DOC = """
         (``parametric.training.RECIPES``; ``training_settings()`` shows the result).
         ``"paper"``: the authors' recipe exactly (400 epochs, batches of 64, Adam at a constant
         lr of 1e-4, float32), to reproduce the paper. ``"fast"``: 200 epochs of batches of up
-        to 512 (at least 8 steps per epoch), Adam peaking at 3e-3 with 5% linear warm-up and
+        to 512 (at least 8 steps per epoch and 96 rows per step), Adam peaking at 3e-3 with 5% linear warm-up and
         cosine decay, bfloat16 matrix products, steps stratified per batch, for DTE-IG the
         authors' loss importance-sampled over the steps, and on the CPU a step with its
         backward pass written out (docs/METHOD.md section 4). On the 22-data-set study it
-        trains 4.8x faster in total (about 2x on ~500 rows, 9-10x on 5,000-6,000), DTE-C within
+        trains 5.2x faster in total (2.2-3.0x on ~500 rows, 7.5-9.2x on 5,000-6,000), DTE-C within
         0.3 AUC-ROC of the paper recipe and DTE-IG 2.8 points above it, but two data sets fall
         below the paper's floor, so it is not the default
         (studies/parametric_importance_sampling/README.md).
