@@ -1,12 +1,13 @@
 """DTE-IG AUC-ROC of the fast recipe with the importance-sampled loss against the sigma2-weighted one.
 
 Both records are 22-data-set evaluations of ``recipe="fast"`` with the same splits and seeds
-(5 seeds on the nine small data sets, 3 on the thirteen others); they differ only in
-``ig_weighting``. The data sets are split into those the screens looked at before the choice
+(5 seeds on the nine small data sets, 3 on the thirteen others) and batches of at least 64
+rows (results/min_batch64/); they differ only in ``ig_weighting``. The data sets are split into those the screens looked at before the choice
 (``CHOSEN_ON``) and the others, which only this evaluation saw.
 
 Usage (from the repository root):
-    python studies/parametric_importance_sampling/choose_confirm.py > studies/parametric_importance_sampling/results/choose_confirm.md
+    python studies/parametric_importance_sampling/choose_confirm.py \
+        > studies/parametric_importance_sampling/results/min_batch64/choose_confirm.md
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
-IMPORTANCE = ROOT / "studies/parametric_importance_sampling/results"
+IMPORTANCE = ROOT / "studies/parametric_importance_sampling/results/min_batch64"
 SIGMA2 = ROOT / "studies/parametric_manual_backprop/results"
 PAPER = ROOT / "studies/adbench_evaluation/eval_parametric_semi/runs.csv"
 #: The data sets of results/screening/ (the choice was made on these).

@@ -1,11 +1,12 @@
 """Milliseconds per training step, autograd + autocast against the written-out step (README table).
 
 d = 21, default network, DTE-IG with the fast recipe's settings, 10 epochs of 8 steps on random
-rows at 64, 209 and 512 rows per step; best of 3 fits per setting.
+rows at 64, 209 and 512 rows per step (or the batch sizes given); best of 3 fits per setting.
 
-Usage: OMP_NUM_THREADS=1 python studies/parametric_manual_backprop/step_time.py
+Usage: OMP_NUM_THREADS=1 python studies/parametric_manual_backprop/step_time.py [BATCH ...]
 """
 
+import sys
 import time
 
 import numpy as np
@@ -45,7 +46,7 @@ def fit_seconds(n: int, batch: int, epochs: int, backprop: str) -> float:
 
 def main() -> None:
     torch.set_num_threads(1)
-    for batch in (64, 209, 512):
+    for batch in [int(b) for b in sys.argv[1:]] or [64, 209, 512]:
         for backprop in ("autograd", "manual"):
             best = min(fit_seconds(batch * 8, batch, 10, backprop) for _ in range(3))
             print(f"{batch} rows per step, {backprop}: {best / 80 * 1e3:.2f} ms per step", flush=True)
