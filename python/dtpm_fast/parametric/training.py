@@ -83,7 +83,7 @@ def inverse_gamma_loss(
 def draw_steps(
     m: int, T: int, sampling: str, device: torch.device, cdf: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Diffusion steps for a batch of m rows, int64 in 0..T-1, each uniform over 0..T-1.
+    """Diffusion steps for a batch of m rows, int64 in 0..T-1, each uniform over 0..T-1 (or ``cdf``).
 
     ``"uniform"``: independent draws. ``"stratified"``: row i of a random order takes one draw
     from the i-th of m equal slices of [0, T), so every batch covers the whole schedule evenly
@@ -95,15 +95,15 @@ def draw_steps(
     """
     if sampling not in T_SAMPLINGS:
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {sampling!r}")
-    if cdf is None:
-        if sampling == "uniform":
-            return torch.randint(0, T, (m,), device=device)
-        u = torch.randperm(m, device=device) + torch.rand(m, device=device)
-        return torch.clamp((u * (T / m)).long(), 0, T - 1)
+    if sampling == "uniform" and cdf is None:
+        return torch.randint(0, T, (m,), device=device)
     if sampling == "uniform":
         u = torch.rand(m, device=device)
-    else:
-        u = (torch.randperm(m, device=device) + torch.rand(m, device=device)) / m
+    else:  # one point in each of m equal slices of [0, m), in random order
+        u = torch.randperm(m, device=device) + torch.rand(m, device=device)
+        if cdf is None:
+            return torch.clamp((u * (T / m)).long(), 0, T - 1)
+        u = u / m
     return torch.clamp(torch.searchsorted(cdf, u, right=True), 0, T - 1)
 
 
