@@ -231,7 +231,7 @@ def test_importance_sampled_loss_has_the_unweighted_expectation_and_minimiser():
 
 def test_fast_recipe_trains_the_inverse_gamma_model_with_the_importance_sampled_loss():
     s = DTPMInverseGamma(recipe="fast").training_settings()
-    assert (s["t_sampling"], s["ig_weighting"], s["lr"]) == ("stratified", "importance", 3e-3)
+    assert (s["t_sampling"], s["ig_weighting"], s["lr"]) == ("stratified", "importance", 1e-3)
     assert (s["backprop"], DTPMInverseGamma(recipe="paper").training_settings()["backprop"]) == (
         "manual",
         "autograd",

@@ -379,7 +379,7 @@ _COMMON_PARAMS_DOC = """
         (``parametric.training.RECIPES``; ``training_settings()`` shows the result).
         ``"paper"``: the authors' recipe exactly (400 epochs, batches of 64, Adam at a constant
         lr of 1e-4, float32), to reproduce the paper. ``"fast"``: 200 epochs of batches of up
-        to 512 (at least 8 steps per epoch and 96 rows per step), Adam peaking at 3e-3 with 5% linear warm-up and
+        to 512 (at least 8 steps per epoch and 96 rows per step), Adam peaking at 1e-3 with 5% linear warm-up and
         cosine decay, bfloat16 matrix products, steps stratified per batch, for DTE-IG the
         authors' loss importance-sampled over the steps, and on the CPU a step with its
         backward pass written out (docs/METHOD.md section 4). On the 22-data-set study it

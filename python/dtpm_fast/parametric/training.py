@@ -130,7 +130,7 @@ def step_proposal(weighting: str, sigma2: torch.Tensor) -> torch.Tensor | None:
 #:   lr of 1e-4, float32, noise and steps drawn batch by batch.
 #: - ``"fast"``: 200 epochs of batches of 512 (smaller on few rows: at least 8 steps per epoch
 #:   while the batch stays at 96 rows or more,
-#:   :func:`batch_size_for`), Adam at a peak lr of 3e-3 with a linear warm-up over
+#:   :func:`batch_size_for`), Adam at a peak lr of 1e-3 with a linear warm-up over
 #:   the first 5% of the steps and a cosine decay to zero, matrix products in bfloat16
 #:   (``torch.autocast``; weights, optimizer state and loss stay float32), each epoch's
 #:   permutation, steps and noise drawn before its batches (no per-batch random-number or
@@ -156,7 +156,7 @@ RECIPES: dict[str, dict] = {
     "fast": {
         "epochs": 200,
         "batch_size": 512,
-        "lr": 3e-3,
+        "lr": 1e-3,
         "schedule": "warmup_cosine",
         "precision": "bfloat16",
         "pipeline": "per_epoch",
