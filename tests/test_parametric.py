@@ -102,7 +102,9 @@ def test_training_learns_to_rank_anomalies_above_normal_rows(kind, data):
     from sklearn.metrics import roc_auc_score
 
     X_train, X_test, y_test = data
-    model = DETECTORS[kind](random_state=0).fit(X_train)
+    # 100 epochs = 400 steps: the default (fast) recipe's warm-up and cosine decay leave too few
+    # steps at full rate in 25 epochs, where one seed in five still ranks at random.
+    model = DETECTORS[kind](random_state=0, epochs=100).fit(X_train)
     assert roc_auc_score(y_test, model.decision_function(X_test)) > 0.9
     assert model.loss_history_[-5:].mean() < model.loss_history_[:5].mean()
 

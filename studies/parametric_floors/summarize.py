@@ -44,7 +44,9 @@ def main() -> None:
     runs = pd.concat([screens[keys + ["candidate", "auc_roc"]], fast, paper])
     seeds = screens[keys].drop_duplicates()
     runs = runs.merge(seeds, on=keys)
-    table = runs.pivot_table(index=["dataset", "model"], columns="candidate", values="auc_roc", aggfunc="mean")
+    table = runs.pivot_table(
+        index=["dataset", "model"], columns="candidate", values="auc_roc", aggfunc="mean"
+    )
     floor = floors(sorted({d for d, _ in table.index}))
     table["floor"] = [floor[(d, m)] for d, m in table.index]
     pd.set_option("display.width", 200)

@@ -83,7 +83,7 @@ def register(subparsers) -> None:
     fit.add_argument(
         "--recipe",
         choices=("paper", "fast"),
-        help="parametric: training recipe, the authors' (paper, default) or the faster one (fast); "
+        help="parametric: training recipe, the faster one (fast, default) or the authors' (paper); "
         "--epochs, --batch-size and --lr override its values",
     )
     fit.add_argument("--epochs", type=_args.positive_int, help="parametric: training epochs")
