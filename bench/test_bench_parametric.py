@@ -65,6 +65,17 @@ def test_inference_throughput(benchmark, detector, rows, engine, tmp_path):
 
 
 @pytest.mark.benchmark(group="parametric-inference")
+def test_inference_throughput_bfloat16(benchmark, detector, rows):
+    """``inference_precision="bfloat16"``: the same fitted weights, hidden layers in bfloat16."""
+    reduced = DTPMCategorical if detector._kind == "categorical" else DTPMInverseGamma
+    X = np.random.default_rng(1).standard_normal((256, D), dtype=np.float32)
+    model = reduced(epochs=1, random_state=0, device="cpu", inference_precision="bfloat16").fit(X)
+    scores = _run(benchmark, model.decision_function, rows)
+    reference = detector.decision_function(rows)  # same seed and rows: the same weights
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=0.05 * np.ptp(reference))
+
+
+@pytest.mark.benchmark(group="parametric-inference")
 def test_inference_authors_batch_of_100(benchmark, detector, rows):
     """Same network, fed 100 rows per call as the authors' scoring loop does (for comparison)."""
     module = detector._module

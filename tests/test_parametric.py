@@ -577,3 +577,51 @@ def test_load_exported_rejects_invalid_metadata(tmp_path, fitted):
     _edit_member(good, bad, "dtpm_meta.json", lambda payload: b"{not json")
     with pytest.raises(ValueError, match="not valid"):
         load_exported(bad)
+
+
+# ------------------------------------------------------------------ bfloat16 inference option
+
+
+@pytest.mark.parametrize("kind", sorted(DETECTORS))
+def test_bfloat16_inference_tracks_float32_scores_and_exports_float32(kind, data, tmp_path):
+    """The bfloat16 option changes scoring only: same training, scores near the float32 ones."""
+    from scipy.stats import spearmanr
+
+    import dtpm_fast
+
+    X_train, X_test, _ = data
+    exact = DETECTORS[kind](random_state=0).fit(X_train)
+    fast = DETECTORS[kind](random_state=0, inference_precision="bfloat16").fit(X_train)
+    reference, scores = exact.decision_function(X_test), fast.decision_function(X_test)
+    assert scores.dtype == np.float64 and np.all(np.isfinite(scores))
+    assert not np.array_equal(scores, reference)  # the option does take effect
+    # Errors of ~1% of the score's range: near-zero inverse-Gamma scores (s ~ 0) move by more
+    # than 10% of themselves, so the bound is absolute.
+    span = np.ptp(reference)
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=0.02 * span)
+    assert spearmanr(scores, reference).statistic > 0.99
+    np.testing.assert_allclose(fast.decision_scores_, exact.decision_scores_, rtol=0, atol=0.02 * span)
+    # The float32 network is untouched: the export writes it, and it scores as the float32 model.
+    assert type(fast._module.net).__name__ == "Sequential"
+    path = tmp_path / "m.pt2"
+    fast.export(str(path))
+    np.testing.assert_allclose(load_exported(str(path)).decision_function(X_test), reference, rtol=1e-5)
+    back = dtpm_fast.load(str(_saved(fast, tmp_path)))
+    assert back.inference_precision == "bfloat16"
+    np.testing.assert_array_equal(back.decision_function(X_test), scores)
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / "m.dtpm"
+    model.save(str(path))
+    return path
+
+
+def test_inference_precision_is_validated_and_fixed_by_fit(data):
+    X_train, X_test, _ = data
+    with pytest.raises(ValueError, match="inference_precision must be one of"):
+        DETECTORS["categorical"](inference_precision="float16").fit(X_train)
+    model = DETECTORS["categorical"](random_state=0, epochs=1).fit(X_train)
+    model.set_params(inference_precision="bfloat16")
+    with pytest.raises(ValueError, match="call fit again"):
+        model.decision_function(X_test)

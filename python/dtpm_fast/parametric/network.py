@@ -8,6 +8,7 @@ and exactly what ``export`` writes, so the exported file and the detector agree.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,6 +59,26 @@ class UniformMaskDropout(nn.Module):
         return f"p={self.p}"
 
 
+class Bfloat16Hidden(nn.Module):
+    """A :func:`build_mlp` network whose hidden layers multiply in bfloat16, the last in float32.
+
+    The hidden layers run under ``torch.autocast(dtype=torch.bfloat16)``; their output is cast
+    back to float32 before the output layer, so the network output (and every score computed
+    from it) keeps float32 resolution instead of bfloat16's 8-bit mantissa. Shares the wrapped
+    network's parameters.
+    """
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.hidden = net[:-1]
+        self.output = net[-1]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=z.device.type, dtype=torch.bfloat16):
+            h = self.hidden(z)
+        return self.output(h.float())
+
+
 class _Standardized(nn.Module):
     """Holds the network and the per-feature standardisation as float32 buffers."""
 
@@ -75,6 +96,17 @@ class _Standardized(nn.Module):
         # a cast would bake the export device into the pt2 graph (an input-metadata assert).
         z = (x - self.mean) / self.scale
         return self.net(z)
+
+    def with_bfloat16_hidden(self) -> _Standardized:
+        """This scorer with its network wrapped in :class:`Bfloat16Hidden`, for in-process scoring.
+
+        Parameters and buffers are shared, not copied; the receiver is left unchanged (its
+        module dictionary is copied before the network is replaced).
+        """
+        twin = copy.copy(self)
+        twin._modules = dict(self._modules)
+        twin.net = Bfloat16Hidden(self.net)
+        return twin
 
 
 class CategoricalScorer(_Standardized):
