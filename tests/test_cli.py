@@ -133,6 +133,19 @@ def test_fit_passes_the_recipe_and_explicit_epochs_override_it(files, tmp_path):
     assert exit_info.value.code == 2
 
 
+def test_fit_passes_the_inference_precision_and_the_saved_model_keeps_it(files, tmp_path):
+    pytest.importorskip("torch")
+    train = str(files["root"] / "train.parquet")
+    out = tmp_path / "b.dtpm"
+    options = ["--model", "categorical", "--inference-precision", "bfloat16", "--epochs", "1", "--quiet"]
+    assert main(["fit", train, *options, "-o", str(out)]) == 0
+    assert dtpm_fast.load(out).inference_precision == "bfloat16"
+    for bad in (["--model", "np", "--inference-precision", "bfloat16"], ["--inference-precision", "float16"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", train, *bad, "-o", str(tmp_path / "n.dtpm")])
+        assert exit_info.value.code == 2
+
+
 # ---- score: formats and columns -------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ MODEL_OPTIONS = (
     "T",
     "batch_size",
     "recipe",
+    "inference_precision",
     "epochs",
     "lr",
     "loss",
@@ -85,6 +86,13 @@ def register(subparsers) -> None:
         choices=("paper", "fast"),
         help="parametric: training recipe, the faster one (fast, default) or the authors' (paper); "
         "--epochs, --batch-size and --lr override its values",
+    )
+    fit.add_argument(
+        "--inference-precision",
+        dest="inference_precision",
+        choices=("float32", "bfloat16"),
+        help="parametric: precision of the hidden layers when scoring (default float32; bfloat16 "
+        "is ~3x faster on CPUs with bfloat16 units; scores move by up to ~3%% of their range)",
     )
     fit.add_argument("--epochs", type=_args.positive_int, help="parametric: training epochs")
     fit.add_argument("--lr", type=_args.positive_float, help="parametric: learning rate")
