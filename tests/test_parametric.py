@@ -602,19 +602,14 @@ def test_bfloat16_inference_tracks_float32_scores_and_exports_float32(kind, data
     assert spearmanr(scores, reference).statistic > 0.99
     np.testing.assert_allclose(fast.decision_scores_, exact.decision_scores_, rtol=0, atol=0.02 * span)
     # The float32 network is untouched: the export writes it, and it scores as the float32 model.
-    assert type(fast._module.net).__name__ == "Sequential"
+    assert isinstance(fast._module.net, torch.nn.Sequential)
     path = tmp_path / "m.pt2"
     fast.export(str(path))
     np.testing.assert_allclose(load_exported(str(path)).decision_function(X_test), reference, rtol=1e-5)
-    back = dtpm_fast.load(str(_saved(fast, tmp_path)))
+    fast.save(str(tmp_path / "m.dtpm"))
+    back = dtpm_fast.load(str(tmp_path / "m.dtpm"))
     assert back.inference_precision == "bfloat16"
     np.testing.assert_array_equal(back.decision_function(X_test), scores)
-
-
-def _saved(model, tmp_path):
-    path = tmp_path / "m.dtpm"
-    model.save(str(path))
-    return path
 
 
 def test_inference_precision_is_validated_and_fixed_by_fit(data):

@@ -407,7 +407,8 @@ _COMMON_PARAMS_DOC = """
         bfloat16 units (AMX) it scored 2.8x (DTE-C) and 3.3x (DTE-IG) faster at d = 21; the
         mean AUC-ROC over the 22 data sets of the quality study moved by under 0.01 and single
         data sets by up to 0.065 (studies/parametric_bf16_inference/README.md). A CPU
-        without such units has to convert in software and may be slower (not measured). ``export`` always writes the float32 network.
+        without such units has to convert in software and may be slower (not measured).
+        ``export`` always writes the float32 network.
     epochs : int, optional
         Passes over the training rows; None = the recipe's.
     batch_size : int, optional
