@@ -4,7 +4,9 @@ row and (leave-one-out) of every training row, so scoring variants can be compar
 Usage: python studies/plus_detector/cache_neighbours.py DATA_DIR CACHE_DIR [KMAX [TRANSFORM]]
 
 TRANSFORM (fitted on the training rows, applied to both): "none" (the protocol's standardised
-rows, DTE-NP's input) or "lw" (whitening with the Ledoit-Wolf shrunk covariance).
+rows, DTE-NP's input), "lw" (whitening with the Ledoit-Wolf shrunk covariance), "qn" (each feature
+through the normal quantile of its training rank, linear beyond the training range), "nsA"
+(per-feature rescaling by neighbour discrepancy) or "subB" (a fixed random half of the features).
 """
 
 import sys
@@ -52,6 +54,25 @@ def neighbour_scale(tr, te, alpha, k=5):
     return np.ascontiguousarray(tr * w, dtype=np.float32), np.ascontiguousarray(te * w, dtype=np.float32)
 
 
+def quantile_normal(tr, te):
+    """Map feature j through Phi^-1 of its training mid-rank ECDF; beyond the training range
+    continue with slope 1 (the features are standardised), so extreme values stay extreme."""
+    from scipy.stats import norm
+
+    out_tr, out_te = np.empty_like(tr), np.empty_like(te)
+    n = tr.shape[0]
+    for j in range(tr.shape[1]):
+        xs, counts = np.unique(tr[:, j], return_counts=True)
+        mid = (np.cumsum(counts) - 0.5 * counts) / n
+        zs = norm.ppf(mid)
+        for src, dst in ((tr, out_tr), (te, out_te)):
+            v = src[:, j]
+            z = np.interp(v, xs, zs)
+            z = np.where(v > xs[-1], zs[-1] + (v - xs[-1]), z)
+            dst[:, j] = np.where(v < xs[0], zs[0] - (xs[0] - v), z)
+    return np.ascontiguousarray(out_tr, np.float32), np.ascontiguousarray(out_te, np.float32)
+
+
 for name, path in sorted(proto.find_datasets(data_dir).items()):
     X, y = proto.load_npz(path)
     for seed in range(5):
@@ -68,6 +89,8 @@ for name, path in sorted(proto.find_datasets(data_dir).items()):
                 np.random.RandomState(int(TRANSFORM[3:])).permutation(tr.shape[1])[: max(3, tr.shape[1] // 2)]
             )
             tr, te = np.ascontiguousarray(tr[:, cols]), np.ascontiguousarray(te[:, cols])
+        elif TRANSFORM == "qn":
+            tr, te = quantile_normal(tr, te)
         elif TRANSFORM.startswith("ns"):
             tr, te = neighbour_scale(tr, te, float(TRANSFORM[2:]))
         k = min(KMAX, tr.shape[0] - 1)

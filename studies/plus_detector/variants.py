@@ -1,6 +1,10 @@
 """Score variants computed from the cached neighbours (cache_neighbours.py), AUC-ROC per data set.
 
 Usage: python studies/plus_detector/variants.py CACHE_DIR {choose|confirm|all} [VARIANT ...]
+       [views=VIEW ...] [-v]
+
+VIEW names a second cache built with a transform, read from CACHE_DIR_VIEW. The helpers and the
+evaluation loop (``run``) are imported by variants_round2.py.
 
 The 31 classical data sets are sorted by file stem (Python's string order); the choose half is
 every other one starting with the first (indices 0, 2, ...), the confirm half the rest.
@@ -13,10 +17,6 @@ import numpy as np
 from scipy.stats import wilcoxon
 from sklearn.metrics import roc_auc_score
 
-cache = Path(sys.argv[1])
-half = sys.argv[2]
-names = sorted({p.name.split("__")[0] for p in cache.glob("*__0.npz")})
-halves = {"choose": names[0::2], "confirm": names[1::2], "all": names}
 EPS = 1e-12
 
 
@@ -239,31 +239,48 @@ V["tlocal5_.5"] = lambda c: t_local(c, 5, 0.5)
 V["tlocal20_.5"] = lambda c: t_local(c, 20, 0.5)
 V["tlocal5_.25"] = lambda c: t_local(c, 5, 0.25)
 
-VIEWS = [a.split("=", 1)[1] for a in sys.argv[3:] if a.startswith("views=")]
-wanted = [a for a in sys.argv[3:] if not a.startswith("views=") and a != "-v"] or list(V)
-res = {v: {} for v in ["k5"] + [w for w in wanted if w != "k5"]}
-for name in halves[half]:
-    aucs = {v: [] for v in res}
-    for seed in range(5):
-        z = np.load(cache / f"{name}__{seed}.npz")
-        c = {key: z[key] for key in z.files}
-        for view in VIEWS:
-            zv = np.load(Path(f"{cache}_{view}") / f"{name}__{seed}.npz")
-            c.update({f"{view}_{key}": zv[key] for key in zv.files})
-        for v in res:
-            aucs[v].append(100 * roc_auc_score(c["y"], V[v](c)[1]))
-    for v, per_set in res.items():
-        per_set[name] = np.mean(aucs[v])
 
-base = np.array([res["k5"][n] for n in halves[half]])
-print(f"{'variant':24s} {'mean':>7s} {'diff':>6s} {'W':>3s} {'L':>3s} {'worst':>7s} {'p':>7s}")
-for v in res:
-    a = np.array([res[v][n] for n in halves[half]])
-    diff = a - base
-    p = wilcoxon(a, base).pvalue if np.any(diff != 0) else 1.0
-    print(
-        f"{v:24s} {a.mean():7.2f} {diff.mean():+6.2f} {(diff > 0).sum():3d} {(diff < 0).sum():3d} {diff.min():+7.2f} {p:7.4f}"
-    )
-if "-v" in sys.argv[3:] or len(res) <= 4:
-    for n in halves[half]:
-        print(f"{n:20s} " + " ".join(f"{res[v][n]:7.2f}" for v in res))
+def halves(cache):
+    names = sorted({p.name.split("__")[0] for p in cache.glob("*__0.npz")})
+    return {"choose": names[0::2], "confirm": names[1::2], "all": names}
+
+
+def run(V, argv):
+    """Score every wanted variant on one half, print the table against ``k5`` (DTE-NP)."""
+    cache, half = Path(argv[0]), argv[1]
+    sets = halves(cache)[half]
+    VIEWS = [a.split("=", 1)[1] for a in argv[2:] if a.startswith("views=")]
+    wanted = [a for a in argv[2:] if not a.startswith("views=") and a != "-v"] or list(V)
+    res = {v: {} for v in ["k5"] + [w for w in wanted if w != "k5"]}
+    for name in sets:
+        aucs = {v: [] for v in res}
+        for seed in range(5):
+            z = np.load(cache / f"{name}__{seed}.npz")
+            c = {key: z[key] for key in z.files}
+            c["name"], c["seed"] = name, seed
+            for view in VIEWS:
+                zv = np.load(Path(f"{cache}_{view}") / f"{name}__{seed}.npz")
+                c.update({f"{view}_{key}": zv[key] for key in zv.files})
+            for v in res:
+                aucs[v].append(100 * roc_auc_score(c["y"], V[v](c)[1]))
+        for v, per_set in res.items():
+            per_set[name] = np.mean(aucs[v])
+
+    base = np.array([res["k5"][n] for n in sets])
+    print(f"{'variant':24s} {'mean':>7s} {'diff':>6s} {'W':>3s} {'L':>3s} {'worst':>7s} {'p':>7s}")
+    for v in res:
+        a = np.array([res[v][n] for n in sets])
+        diff = a - base
+        p = wilcoxon(a, base).pvalue if np.any(diff != 0) else 1.0
+        print(
+            f"{v:24s} {a.mean():7.2f} {diff.mean():+6.2f} {(diff > 0).sum():3d} {(diff < 0).sum():3d} "
+            f"{diff.min():+7.2f} {p:7.4f}",
+            flush=True,
+        )
+    if "-v" in argv[2:] or len(res) <= 4:
+        for n in sets:
+            print(f"{n:20s} " + " ".join(f"{res[v][n]:7.2f}" for v in res))
+
+
+if __name__ == "__main__":
+    run(V, sys.argv[1:])
